@@ -1,0 +1,34 @@
+# make run  : the app on embedded defaults (SQLite, file-based Celery broker): web + worker + beat
+# make test : the whole suite (PostgreSQL and Redis when DATABASE_URL and REDIS_URL are set)
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench venv clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@set -e; python=$$(scripts/find-python); \
+	if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$python"; "$$python" -m venv $(VENV); fi
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(PY) manage.py bootstrap
+	@echo "rolloutadmin: http://127.0.0.1:8000  (admin at /admin/; Ctrl-C stops web, worker and beat)"
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/honcho start -f Procfile
+
+test: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

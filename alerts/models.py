@@ -1,0 +1,1 @@
+# Alert rules, alerts and rollout plans arrive with the alerts issue.

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+from . import evaluation
+
+KEY_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]*\Z",
+    "Use lowercase letters, digits, underscores and hyphens, starting with a letter or digit.",
+)
+MODE_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]*\Z", "A mode is a slug: lowercase letters, digits, underscores and hyphens."
+)
+USER_ID_MAX_LENGTH = 255
+
+
+def validate_user_id(value: str) -> None:
+    if not isinstance(value, str):
+        raise ValidationError("A user id must be a string.", code="invalid")
+    if value.strip() == "":
+        raise ValidationError("A user id must not be blank.", code="blank")
+    if len(value) > USER_ID_MAX_LENGTH:
+        raise ValidationError(f"A user id has at most {USER_ID_MAX_LENGTH} characters.", code="max_length")
+    if "\x00" in value:
+        raise ValidationError("A user id must not contain NUL characters.", code="invalid")
+
+
+class Bucketing(models.TextChoices):
+    MURMUR3 = evaluation.MURMUR3, "murmur3 (salted, 0.01% steps)"
+    LEGACY = evaluation.LEGACY, "legacy (the seed's JavaScript hash, unsalted, 1% steps)"
+
+
+class Flag(models.Model):
+    key = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[KEY_VALIDATOR],
+        help_text="Immutable once created: services ask for the flag by this key.",
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(
+        default=False, help_text="The kill switch: off means nobody gets the feature, lists included."
+    )
+    rollout_percentage = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("0.00"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+    )
+    bucketing = models.CharField(
+        max_length=16,
+        choices=Bucketing.choices,
+        default=Bucketing.MURMUR3,
+        help_text=(
+            "murmur3 hashes salt:user_id into 10,000 buckets. legacy reproduces the seed's JavaScript "
+            "cohorts exactly; it is not salted, so every legacy flag picks the same users at the same "
+            "percentage."
+        ),
+    )
+    salt = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Defaults to the key. Changing it reshuffles which users are in the rollout.",
+    )
+    version = models.PositiveBigIntegerField(default=1, editable=False)
+    treatment_mode = models.CharField(max_length=50, default="patch", validators=[MODE_VALIDATOR])
+    baseline_mode = models.CharField(max_length=50, default="single", validators=[MODE_VALIDATOR])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(rollout_percentage__gte=0) & models.Q(rollout_percentage__lte=100),
+                name="flag_rollout_percentage_0_100",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(bucketing__in=evaluation.BUCKETINGS), name="flag_bucketing_known"
+            ),
+            models.CheckConstraint(condition=~models.Q(salt=""), name="flag_salt_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+    def clean(self) -> None:
+        if self.treatment_mode and self.treatment_mode == self.baseline_mode:
+            raise ValidationError({"baseline_mode": "The baseline mode must differ from the treatment mode."})
+
+
+class OverrideKind(models.TextChoices):
+    ALLOW = "allow", "allow (always on)"
+    DENY = "deny", "deny (always off)"
+
+
+class UserOverride(models.Model):
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="overrides")
+    user_id = models.CharField(max_length=USER_ID_MAX_LENGTH, validators=[validate_user_id])
+    kind = models.CharField(max_length=5, choices=OverrideKind.choices)
+    note = models.CharField(max_length=500, blank=True)
+    added_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["flag", "kind", "user_id"]
+        constraints = [
+            # One row per user and flag: a user is on at most one of the two lists.
+            models.UniqueConstraint(fields=["flag", "user_id"], name="override_one_list_per_user"),
+            models.CheckConstraint(condition=models.Q(kind__in=["allow", "deny"]), name="override_kind_known"),
+        ]
+        indexes = [models.Index(fields=["user_id"], name="override_user_id_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.flag.key}: {self.kind} {self.user_id}"
+
+
+class Source(models.TextChoices):
+    ADMIN = "admin", "Django admin"
+    UI = "ui", "dashboard"
+    API = "api", "API"
+    CLI = "cli", "command line"
+    ALERT = "alert", "alert remediation"
+    PLAN = "plan", "rollout plan"
+    SYSTEM = "system", "system"
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", "user"
+    API_KEY = "api_key", "API key"
+    SYSTEM = "system", "system"
+
+
+class AppendOnlyError(Exception):
+    pass
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError("audit entries are append-only: they cannot be updated")
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError("audit entries are append-only: they cannot be deleted")
+
+
+class AuditEntry(models.Model):
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
+    # Names, not foreign keys: an entry must outlive the user, key or rule that made it, and a
+    # foreign key's ON DELETE SET NULL would be an UPDATE of an append-only row.
+    actor = models.CharField(max_length=200)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="audit_entries")
+    flag_key = models.CharField(max_length=100, db_index=True)
+    action = models.CharField(max_length=40)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    flag_version = models.PositiveBigIntegerField(help_text="The flag's version after this change.")
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [models.Index(fields=["flag", "-created_at"], name="audit_flag_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.flag_key} {self.action} by {self.actor}"
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise AppendOnlyError("audit entries are append-only: they cannot be updated")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError("audit entries are append-only: they cannot be deleted")

@@ -1,0 +1,1 @@
+# Execution records and their rollups arrive with the monitoring issue.

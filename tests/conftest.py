@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from flags import services
+from flags.actors import Actor
+from flags.models import Source
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def shared_data(name: str) -> dict:
+    """Test vectors: shared/data beside the checkout when present, else the copy kept in tests/data."""
+    for path in (SHARED / "data" / name, Path(__file__).resolve().parent / "data" / name):
+        if path.exists():
+            return json.loads(path.read_text())
+    raise FileNotFoundError(name)
+
+
+@pytest.fixture
+def actor() -> Actor:
+    return Actor.system("test-suite")
+
+
+@pytest.fixture
+def make_flag(db, actor):
+    def make(key: str = "patch_mode_enabled", **kwargs):
+        return services.flag_create(key=key, actor=actor, source=Source.CLI, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def flag(make_flag):
+    return make_flag()
+
+
+def on_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+requires_postgres = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
+    reason="needs PostgreSQL: run with DATABASE_URL=postgres://...",
+)
