@@ -70,6 +70,8 @@ class FlagAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if not cleaned.get("salt"):
+            cleaned["salt"] = cleaned.get("key") or self.instance.key  # the salt defaults to the key
         if not self.instance.pk:
             return cleaned
         reshuffles = [
@@ -81,11 +83,6 @@ class FlagAdminForm(forms.ModelForm):
             for name in reshuffles:
                 self.add_error(name, "This reshuffles which users are in the rollout: tick the confirmation.")
         return cleaned
-
-    def _post_clean(self) -> None:
-        # The services validate; the model's own unique check on an unchanged key is not wanted here.
-        self.instance.salt = self.instance.salt or self.cleaned_data.get("key") or self.instance.key
-        super()._post_clean()
 
 
 class UserOverrideInline(admin.TabularInline):
@@ -368,22 +365,23 @@ class BulkListForm(forms.Form):
         return cleaned
 
 
+class UserOverrideAdminForm(forms.ModelForm):
+    reason = forms.CharField(required=False, max_length=1000, help_text="Kept in the audit log.")
+
+    class Meta:
+        model = UserOverride
+        fields = ["flag", "user_id", "kind", "note"]
+
+
 @admin.register(UserOverride)
 class UserOverrideAdmin(admin.ModelAdmin):
+    form = UserOverrideAdminForm
     list_display = ["user_id", "flag", "kind", "note", "added_by", "created_at"]
     list_filter = ["kind", "flag", "created_at"]
     search_fields = ["user_id", "note"]
     list_select_related = ["flag"]
     list_per_page = 100
     show_full_result_count = False
-
-    def get_form(self, request, obj=None, change=False, **kwargs):  # type: ignore[no-untyped-def]
-        form = super().get_form(request, obj, change, **kwargs)
-
-        class WithReason(form):  # type: ignore[misc, valid-type]
-            reason = forms.CharField(required=False, max_length=1000, help_text="Kept in the audit log.")
-
-        return WithReason
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         return ["flag", "user_id", "kind", "note", "reason", "added_by", "created_at"]
