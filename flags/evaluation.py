@@ -7,9 +7,12 @@ The bucketing rules are specified in shared/reference/bucketing.md.
 
 from __future__ import annotations
 
+import operator
+import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 import mmh3
 
@@ -62,8 +65,9 @@ class FlagConfig:
         return Decimal(self.rollout_basis_points).scaleb(-2)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    # A NamedTuple rather than a frozen dataclass: built once per decision, it is several times
+    # cheaper to construct, and evaluation has a budget of 2 microseconds.
     enabled: bool
     reason: Reason
     # The number the rollout compares for this user and flag: 0..9999 (murmur3) or the cohort 0..99
@@ -93,16 +97,33 @@ def murmur3_bucket(salt: str, user_id: str) -> int:
     return mmh3.hash(f"{salt}:{user_id}".encode(), 0, signed=False) % MURMUR3_BUCKETS
 
 
+# 31**k mod 2**32: the seed's loop h = h*31 + c, unrolled, is sum(c_i * 31**(n-1-i)) mod 2**32, which
+# map() computes at C speed instead of a Python loop per character.
+_POW31 = [pow(31, k, 2**32) for k in range(1024)]
+_UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"
+
+
 def legacy_cohort(user_id: str) -> int:
     """Bit-for-bit the seed's JavaScript getUserCohort (feature-flags.js).
 
     JavaScript hashes UTF-16 code units (a character outside the BMP is a surrogate pair), wraps to a
     signed 32-bit integer after every step, and its % keeps the dividend's sign before Math.abs.
     """
-    units = user_id.encode("utf-16-le")
-    h = 0
-    for i in range(0, len(units), 2):
-        h = (h * 31 + (units[i] | units[i + 1] << 8)) & 0xFFFFFFFF
+    if user_id.isascii() and len(user_id) <= len(_POW31):
+        # ASCII: one code unit per character, equal to its byte.
+        h = sum(map(operator.mul, user_id[::-1].encode(), _POW31)) & 0xFFFFFFFF
+        return _signed_abs_mod(h)
+    units = memoryview(user_id.encode(_UTF16)).cast("H")
+    if len(units) <= len(_POW31):
+        h = sum(map(operator.mul, units[::-1], _POW31)) & 0xFFFFFFFF
+    else:
+        h = 0
+        for unit in units:
+            h = (h * 31 + unit) & 0xFFFFFFFF
+    return _signed_abs_mod(h)
+
+
+def _signed_abs_mod(h: int) -> int:
     if h >= 0x80000000:
         h -= 0x100000000
     # abs(JS h % 100) == abs(h) % 100 because JS % truncates toward zero.

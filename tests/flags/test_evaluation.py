@@ -184,3 +184,21 @@ def test_the_core_imports_nothing_from_django():
         *(node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)),
     ]
     assert modules and not [m for m in modules if m.split(".")[0] == "django"]
+
+
+def _reference_js_cohort(user_id: str) -> int:
+    """The seed's loop, step by step over UTF-16 code units, with JavaScript's int32 and % rules."""
+    data = user_id.encode("utf-16-le")
+    h = 0
+    for i in range(0, len(data), 2):
+        h = ((h << 5) - h) + int.from_bytes(data[i : i + 2], "little")
+        h = (h + 2**31) % 2**32 - 2**31
+    return abs(-(abs(h) % 100) if h < 0 else h % 100)
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["x" * 2000, "é" * 1500, "mixed-ü-\U0001f680-" * 3, "\U0001f600" * 600, "a", "ZZZZZZZZZZZZ", "日本語ユーザー"],
+)
+def test_legacy_fast_paths_agree_with_the_step_by_step_loop(user_id):
+    assert evaluation.legacy_cohort(user_id) == _reference_js_cohort(user_id)
