@@ -14,6 +14,13 @@ from flags.models import AuditEntry, Flag, Source, UserOverride
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def keep_the_test_connection(monkeypatch):
+    # manage.py closes every connection when a command ends; inside a test that would close the
+    # connection holding the test's transaction (PostgreSQL).
+    monkeypatch.setattr("django.core.management.base.connections.close_all", lambda: None)
+
+
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     """Run manage.py as a shell would, returning (exit code, stdout, stderr)."""
     code = 0
