@@ -180,3 +180,16 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AppendOnlyError("audit entries are append-only: they cannot be deleted")
+
+
+class ConfigStamp(models.Model):
+    """One row whose version moves on every committed change to flags, lists or API keys.
+
+    Evaluating processes compare it with the version of their in-memory snapshot to know when to reload;
+    it is copied into the cache (Redis) after commit so that the usual check does not touch the database.
+    """
+
+    version = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"config version {self.version}"

@@ -31,6 +31,7 @@ from .models import (
     UserOverride,
     validate_user_id,
 )
+from .publish import publish_config_change
 
 # The fields a change can touch, in the order the audit shows them. The key never changes.
 EDITABLE_FIELDS = (
@@ -198,6 +199,7 @@ def _bump(flag: Flag, fields: Iterable[str] = ()) -> None:
     flag.version += 1
     flag.updated_at = timezone.now()
     flag.save(update_fields=[*fields, "version", "updated_at"])
+    publish_config_change()
 
 
 # --- flags ----------------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ def flag_create(
         raise ValidationError({"key": [f"a flag with key {key!r} already exists"]}) from None
     _audit(flag=flag, actor=actor, source=source, action="create", before={}, after=flag_state(flag),
            reason=reason)
+    publish_config_change()
     return flag
 
 

@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "flags",
     "monitoring",
     "alerts",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -113,6 +114,8 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 3
 else:
     DATABASES = {
         "default": {
@@ -132,7 +135,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Fail fast: evaluation falls back to the database when Redis does not answer.
+            "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.5},
+        }
+    }
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 else:
@@ -188,6 +198,10 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = not _COLLECTED
 
 LOGIN_URL = "admin:login"
+
+# The API: bodies over this are refused with 413; the config snapshot checks for changes this often.
+API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", 4 * 1024 * 1024))
+SNAPSHOT_CHECK_INTERVAL = float(os.environ.get("SNAPSHOT_CHECK_INTERVAL", "0.25"))
 
 # Uploads of allow/deny lists: 100,000 ids of up to 255 characters fit comfortably.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024

@@ -48,3 +48,24 @@ requires_postgres = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
     reason="needs PostgreSQL: run with DATABASE_URL=postgres://...",
 )
+
+
+@pytest.fixture(autouse=True)
+def fresh_snapshot():
+    # Test transactions roll back, so config stamps repeat between tests: start every test afresh.
+    from api.snapshot import store
+
+    store.reset()
+    yield
+    store.reset()
+
+
+@pytest.fixture
+def make_key(db):
+    from api.keys import api_key_create
+
+    def make(name: str = "svc", scopes: str = "evaluate") -> str:
+        _key, secret = api_key_create(name=name, scopes=scopes, created_by="test")
+        return secret
+
+    return make

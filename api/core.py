@@ -1,0 +1,107 @@
+"""Framework-free request handling shared by the Django views and the lean WSGI path.
+
+A handler takes a Req and returns a Resp. The same handler runs under Django's test client, runserver
+and gunicorn, so authentication, the error format and logging are identical on both paths.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from .keys import hash_secret
+from .snapshot import KeyInfo, store
+
+logger = logging.getLogger("rolloutadmin.api")
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(slots=True)
+class Req:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    body: bytes = b""
+    too_large: bool = False  # the body was over the limit and was not read
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass(slots=True)
+class Resp:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Resp:
+        return cls(status, dumps(payload), [("Content-Type", JSON_TYPE), *(headers or [])])
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def max_body_bytes() -> int:
+    return int(getattr(settings, "API_MAX_BODY_BYTES", 4 * 1024 * 1024))
+
+
+class BadJson(Exception):
+    pass
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise BadJson("the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadJson(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+# --- authentication ---------------------------------------------------------------------------------
+
+
+class AuthFailure(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def authenticate(req: Req, scope: str) -> KeyInfo:
+    """The key named by `Authorization: Bearer <secret>`, from the snapshot (no query per request).
+
+    401 when the header is missing or the key is unknown or revoked, 403 when it lacks the scope. The
+    secret never appears in a message or a log line; at most the key's name does.
+    """
+    header = req.header("authorization")
+    scheme, _, secret = header.partition(" ")
+    secret = secret.strip()
+    if not header or scheme.lower() != "bearer" or not secret:
+        raise AuthFailure(401, "missing API key: send the header 'Authorization: Bearer <secret>'")
+    digest = hash_secret(secret)
+    snapshot = store.get()
+    key = snapshot.keys.get(digest)
+    # The dict lookup finds the candidate by hash; compare_digest makes the final equality check
+    # constant-time, so response timing does not reveal how much of a hash matched.
+    if key is None or not hmac.compare_digest(digest, key.secret_hash):
+        logger.warning("api auth failed: unknown or revoked key (path %s)", req.path)
+        raise AuthFailure(401, "unknown or revoked API key")
+    if scope not in key.scopes:
+        logger.warning("api auth failed: key %r lacks scope %r (path %s)", key.name, scope, req.path)
+        raise AuthFailure(403, f"API key {key.name!r} lacks the {scope!r} scope")
+    store.touch_key(key.id)
+    return key

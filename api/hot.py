@@ -1,0 +1,286 @@
+"""The evaluation endpoints: OFREP (single and bulk) and the internal JSON evaluation API.
+
+These are the hot path (thousands of requests a second), so they read only the in-memory snapshot.
+The mapping onto OFREP follows shared/reference/ofrep.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from flags.evaluation import Decision, FlagConfig, Reason, evaluate
+from flags.models import USER_ID_MAX_LENGTH
+
+from .core import AuthFailure, BadJson, Req, Resp, authenticate, dumps, max_body_bytes, parse_json
+from .snapshot import ConfigUnavailable, Snapshot, store
+
+logger = logging.getLogger("rolloutadmin.api")
+
+OFREP_REASON = {
+    Reason.DISABLED: "DISABLED",
+    Reason.ALLOW_LIST: "TARGETING_MATCH",
+    Reason.DENY_LIST: "TARGETING_MATCH",
+    Reason.IN_ROLLOUT: "SPLIT",
+    Reason.OUT_OF_ROLLOUT: "SPLIT",
+}
+MAX_DECISIONS = 10_000
+
+
+# --- OFREP --------------------------------------------------------------------------------------------
+
+
+def _ofrep_error(status: int, key: str | None, code: str, details: str) -> Resp:
+    body: dict[str, Any] = {"errorCode": code, "errorDetails": details}
+    if key is not None:
+        body = {"key": key, **body}
+    if status >= 500:
+        logger.error("ofrep %s %s: %s", status, key, details)
+    elif status != 404:
+        logger.info("ofrep %s %s %s: %s", status, key, code, details)
+    return Resp.json(status, body)
+
+
+def _ofrep_context(req: Req, key: str | None) -> dict[str, Any] | Resp:
+    if req.too_large:
+        return _ofrep_error(413, key, "GENERAL", f"request body over {max_body_bytes()} bytes")
+    if not req.body.strip():
+        return {}  # no body at all: an empty context
+    try:
+        data = parse_json(req.body)
+    except BadJson as exc:
+        return _ofrep_error(400, key, "PARSE_ERROR", str(exc))
+    if not isinstance(data, dict):
+        return _ofrep_error(400, key, "INVALID_CONTEXT", "the request body must be a JSON object")
+    context = data.get("context", {})
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        return _ofrep_error(400, key, "INVALID_CONTEXT", "'context' must be a JSON object")
+    return context
+
+
+def _targeting_key(context: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(user id, error code, details): the context's targetingKey, validated like a user id."""
+    value = context.get("targetingKey")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, "TARGETING_KEY_MISSING", "the context has no targetingKey (the user id)"
+    if not isinstance(value, str):
+        return None, "INVALID_CONTEXT", "targetingKey must be a string"
+    if len(value) > USER_ID_MAX_LENGTH or "\x00" in value:
+        return None, "INVALID_CONTEXT", f"targetingKey must be at most {USER_ID_MAX_LENGTH} characters, no NUL"
+    return value, None, None
+
+
+def _ofrep_item(flag: FlagConfig, decision: Decision, snapshot: Snapshot) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "reason": decision.reason.value,
+        "rolloutPercentage": flag.rollout_basis_points / 100,
+        "version": flag.version,
+        "configVersion": snapshot.stamp,
+        "stale": store.stale,
+    }
+    if decision.bucket is not None:
+        metadata["bucket"] = decision.bucket
+    return {
+        "key": flag.key,
+        "value": decision.enabled,
+        "reason": OFREP_REASON[decision.reason],
+        "variant": "on" if decision.enabled else "off",
+        "metadata": metadata,
+    }
+
+
+def _decide(flag: FlagConfig, context: dict[str, Any]) -> Decision | tuple[str, str]:
+    user_id, code, details = _targeting_key(context)
+    if user_id is None:
+        if not flag.enabled and code == "TARGETING_KEY_MISSING":
+            return Decision(False, Reason.DISABLED, None)  # off for everyone: no user needed
+        return code, details  # type: ignore[return-value]
+    return evaluate(flag, user_id)
+
+
+def ofrep_single(req: Req, key: str) -> Resp:
+    try:
+        authenticate(req, "evaluate")
+        context = _ofrep_context(req, key)
+        if isinstance(context, Resp):
+            return context
+        snapshot = store.get()
+    except AuthFailure as exc:
+        return _ofrep_error(exc.status, key, "GENERAL", exc.message)
+    except ConfigUnavailable:
+        return _ofrep_error(500, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
+    flag = snapshot.flags.get(key)
+    if flag is None:
+        return _ofrep_error(404, key, "FLAG_NOT_FOUND", f"flag {key!r} does not exist")
+    decision = _decide(flag, context)
+    if not isinstance(decision, Decision):
+        return _ofrep_error(400, key, decision[0], decision[1])
+    return Resp.json(200, _ofrep_item(flag, decision, snapshot))
+
+
+def _etag(snapshot: Snapshot, context: dict[str, Any]) -> str:
+    digest = hashlib.sha256(dumps([snapshot.stamp, sorted(context.items(), key=lambda kv: kv[0])])).hexdigest()
+    return f'W/"{snapshot.stamp}-{digest[:20]}"'
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = [tag.strip() for tag in if_none_match.split(",")]
+    bare = etag.removeprefix("W/")
+    return "*" in candidates or any(c.removeprefix("W/") == bare for c in candidates)
+
+
+def ofrep_bulk(req: Req) -> Resp:
+    try:
+        authenticate(req, "evaluate")
+        context = _ofrep_context(req, None)
+        if isinstance(context, Resp):
+            return context
+        snapshot = store.get()
+    except AuthFailure as exc:
+        return _ofrep_error(exc.status, None, "GENERAL", exc.message)
+    except ConfigUnavailable:
+        return _ofrep_error(500, None, "GENERAL", "flag configuration is unavailable (database unreachable)")
+    try:
+        etag = _etag(snapshot, context)
+    except TypeError:
+        return _ofrep_error(400, None, "INVALID_CONTEXT", "context values must be JSON scalars, lists or objects")
+    if _matches(req.header("if-none-match"), etag):
+        return Resp(304, b"", [("ETag", etag)])
+    items = []
+    for key in sorted(snapshot.flags):
+        flag = snapshot.flags[key]
+        decision = _decide(flag, context)
+        if not isinstance(decision, Decision):
+            items.append({"key": key, "errorCode": decision[0], "errorDetails": decision[1]})
+        else:
+            items.append(_ofrep_item(flag, decision, snapshot))
+    return Resp.json(200, {"flags": items}, [("ETag", etag)])
+
+
+# --- internal JSON API ----------------------------------------------------------------------------------
+
+
+def api_error(status: int, error: str, message: str, fields: dict[str, list[str]] | None = None,
+              **extra: Any) -> Resp:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if fields:
+        body["fields"] = fields
+    body.update(extra)
+    headers = [("WWW-Authenticate", 'Bearer realm="rolloutadmin"')] if status == 401 else []
+    if status >= 500:
+        logger.error("api %s %s: %s", status, error, message)
+    elif status not in (404,):
+        logger.info("api %s %s: %s", status, error, message)
+    return Resp.json(status, body, headers)
+
+
+def validation_error(fields: dict[str, list[str]]) -> Resp:
+    names = ", ".join(sorted(fields))
+    return api_error(400, "validation_failed", f"invalid input in: {names}", fields)
+
+
+def _user_id_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value.strip():
+        return "must not be blank"
+    if len(value) > USER_ID_MAX_LENGTH:
+        return f"must be at most {USER_ID_MAX_LENGTH} characters"
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    return None
+
+
+def _decision_json(flag_key: str, user_id: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "flag": flag_key,
+        "user_id": user_id,
+        "enabled": decision.enabled,
+        "reason": decision.reason.value,
+        "bucket": decision.bucket,
+    }
+
+
+def _auth_or_error(req: Req, scope: str) -> Resp | None:
+    try:
+        authenticate(req, scope)
+    except AuthFailure as exc:
+        return api_error(exc.status, "unauthenticated" if exc.status == 401 else "forbidden", exc.message)
+    except ConfigUnavailable:
+        return api_error(503, "unavailable", "flag configuration is unavailable (database unreachable)")
+    return None
+
+
+def evaluate_one(req: Req, key: str) -> Resp:
+    """GET /api/v1/flags/{key}/evaluate?user_id=..."""
+    denied = _auth_or_error(req, "evaluate")
+    if denied is not None:
+        return denied
+    user_id = req.param("user_id")
+    problem = "is required" if user_id is None else _user_id_problem(user_id)
+    if problem:
+        return validation_error({"user_id": [problem]})
+    snapshot = store.get()
+    flag = snapshot.flags.get(key)
+    if flag is None:
+        return api_error(404, "not_found", f"flag {key!r} does not exist")
+    decision = evaluate(flag, user_id)  # type: ignore[arg-type]
+    body = _decision_json(key, user_id, decision)  # type: ignore[arg-type]
+    body["rollout_percentage"] = flag.rollout_basis_points / 100
+    body["version"] = flag.version
+    body["stale"] = store.stale
+    return Resp.json(200, body)
+
+
+def evaluate_many(req: Req) -> Resp:
+    """POST /api/v1/evaluate {"user_ids": [...], "flags": [...] (default: every flag)}"""
+    denied = _auth_or_error(req, "evaluate")
+    if denied is not None:
+        return denied
+    if req.too_large:
+        return api_error(413, "payload_too_large", f"request body over {max_body_bytes()} bytes")
+    try:
+        data = parse_json(req.body)
+    except BadJson as exc:
+        return api_error(400, "invalid_json", str(exc))
+    if not isinstance(data, dict):
+        return validation_error({"body": ["must be a JSON object"]})
+    fields: dict[str, list[str]] = {}
+    unknown = sorted(set(data) - {"user_ids", "flags"})
+    for name in unknown:
+        fields[name] = ["unknown field"]
+    user_ids = data.get("user_ids")
+    if not isinstance(user_ids, list) or not user_ids:
+        fields["user_ids"] = ["must be a non-empty list of user ids"]
+        user_ids = []
+    else:
+        for index, value in enumerate(user_ids):
+            problem = _user_id_problem(value)
+            if problem:
+                fields[f"user_ids[{index}]"] = [problem]
+    snapshot = store.get()
+    flag_keys = data.get("flags")
+    if flag_keys is None:
+        flag_keys = sorted(snapshot.flags)
+    elif not isinstance(flag_keys, list) or not flag_keys or not all(isinstance(k, str) for k in flag_keys):
+        fields["flags"] = ["must be a non-empty list of flag keys (or left out for every flag)"]
+        flag_keys = []
+    if user_ids and flag_keys and len(user_ids) * len(flag_keys) > MAX_DECISIONS:
+        fields["user_ids"] = [f"at most {MAX_DECISIONS} decisions per request (flags x user ids); "
+                              f"this asks for {len(user_ids) * len(flag_keys)}"]
+    if fields:
+        return validation_error(fields)
+    results = []
+    append = results.append
+    for key in flag_keys:
+        flag = snapshot.flags.get(key)
+        for user_id in user_ids:
+            decision = evaluate(flag, user_id)
+            append({"flag": key, "user_id": user_id, "enabled": decision.enabled, "reason": decision.reason.value,
+                    "bucket": decision.bucket})
+    return Resp.json(200, {"config_version": snapshot.stamp, "stale": store.stale, "results": results})

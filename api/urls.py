@@ -1,0 +1,15 @@
+from django.urls import path, re_path
+
+from . import views
+
+urlpatterns = [
+    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/(?P<key>[^/]+)/?$", views.hot_view),
+    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/?$", views.hot_view),
+    path("api/v1/evaluate", views.hot_view),
+    path("api/v1/flags/<str:key>/evaluate", views.hot_view),
+    path("api/v1/openapi.json", views.openapi_view, name="api-openapi"),
+    path("api/v1/flags", views.flags_list, name="api-flags"),
+    path("api/v1/flags/<str:key>", views.flag_detail, name="api-flag"),
+    path("api/v1/flags/<str:key>/overrides", views.overrides, name="api-overrides"),
+    path("api/v1/audit", views.audit, name="api-audit"),
+]
