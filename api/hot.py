@@ -101,17 +101,25 @@ def _decide(flag: FlagConfig, context: dict[str, Any]) -> Decision | tuple[str, 
     return evaluate(flag, user_id)
 
 
-def ofrep_single(req: Req, key: str) -> Resp:
+def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot] | Resp:
+    """Authenticate, read the context and the snapshot, or answer with the OFREP error."""
     try:
         authenticate(req, "evaluate")
         context = _ofrep_context(req, key)
         if isinstance(context, Resp):
             return context
-        snapshot = store.get()
+        return context, store.get()
     except AuthFailure as exc:
         return _ofrep_error(exc.status, key, "GENERAL", exc.message)
     except ConfigUnavailable:
         return _ofrep_error(500, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
+
+
+def ofrep_single(req: Req, key: str) -> Resp:
+    prelude = _ofrep_prelude(req, key)
+    if isinstance(prelude, Resp):
+        return prelude
+    context, snapshot = prelude
     flag = snapshot.flags.get(key)
     if flag is None:
         return _ofrep_error(404, key, "FLAG_NOT_FOUND", f"flag {key!r} does not exist")
@@ -135,16 +143,10 @@ def _matches(if_none_match: str, etag: str) -> bool:
 
 
 def ofrep_bulk(req: Req) -> Resp:
-    try:
-        authenticate(req, "evaluate")
-        context = _ofrep_context(req, None)
-        if isinstance(context, Resp):
-            return context
-        snapshot = store.get()
-    except AuthFailure as exc:
-        return _ofrep_error(exc.status, None, "GENERAL", exc.message)
-    except ConfigUnavailable:
-        return _ofrep_error(500, None, "GENERAL", "flag configuration is unavailable (database unreachable)")
+    prelude = _ofrep_prelude(req, None)
+    if isinstance(prelude, Resp):
+        return prelude
+    context, snapshot = prelude
     try:
         etag = _etag(snapshot, context)
     except TypeError:
