@@ -28,7 +28,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	DEBUG=$${DEBUG:-1} $(PY) -m bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || \
+		echo "wrk is not installed (apt-get install wrk): the HTTP benchmarks will be skipped"
+	DEBUG=$${DEBUG:-1} $(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

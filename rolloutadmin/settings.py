@@ -128,6 +128,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # A file, not memory, so that tests can run real server processes against it.
+            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
         }
     }
 
