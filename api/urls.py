@@ -12,4 +12,6 @@ urlpatterns = [
     path("api/v1/flags/<str:key>", views.flag_detail, name="api-flag"),
     path("api/v1/flags/<str:key>/overrides", views.overrides, name="api-overrides"),
     path("api/v1/audit", views.audit, name="api-audit"),
+    path("api/v1/executions", views.executions, name="api-executions"),
+    path("api/v1/flags/<str:key>/metrics", views.metrics, name="api-metrics"),
 ]

@@ -324,3 +324,39 @@ def audit(req: Req, actor: Actor) -> Resp:
         ],
         "next_cursor": rows[limit - 1].id if len(rows) > limit else None,
     })
+
+
+# --- monitoring: ingestion (scope `ingest`) and metrics (scope `manage`) ----------------------------------
+
+
+@api_view("ingest", ("POST",))
+def executions(req: Req, actor: Actor) -> Resp:
+    from monitoring import services as monitoring
+
+    data = _json_object(req, {"records"})
+    try:
+        result = monitoring.ingest(data.get("records"))
+    except monitoring.BatchRejected as exc:
+        fields: dict[str, list[str]] = {}
+        for error in exc.errors:
+            name = "records" if error.index < 0 else f"records[{error.index}].{error.field}"
+            fields.setdefault(name, []).append(error.reason)
+        return api_error(400, "validation_failed", str(exc), fields,
+                         errors=[error.as_dict() for error in exc.errors])
+    return Resp.json(200, {"received": result.received, "accepted": result.accepted,
+                           "duplicates": result.duplicates})
+
+
+@api_view("manage", ("GET",))
+def metrics(req: Req, actor: Actor, key: str) -> Resp:
+    from monitoring import selectors as monitoring
+
+    window = req.param("window") or monitoring.DEFAULT_WINDOW
+    if window not in monitoring.WINDOWS:
+        return validation_error({"window": [f"must be one of {', '.join(monitoring.WINDOWS)}"]})
+    flag = _get_flag(key)
+    data = monitoring.summary(flag, window)
+    if req.param("series") in ("1", "true"):
+        data["series"] = monitoring.series(flag, window)
+    data["success_criteria"] = monitoring.success_criteria(data)
+    return Resp.json(200, data)

@@ -1,1 +1,64 @@
-# Execution records and their rollups arrive with the monitoring issue.
+from __future__ import annotations
+
+from django.db import models
+
+
+class ExecutionRecord(models.Model):
+    """One call of the assistant in some mode (the seed's recordPatchModeExecution / recordSingleMode...)."""
+
+    client_id = models.CharField(
+        max_length=100, null=True, blank=True, unique=True,
+        help_text="Chosen by the sender: a retried record with the same id counts once.",
+    )
+    user_id = models.CharField(max_length=255)
+    mode = models.CharField(max_length=50)
+    flag_key = models.CharField(max_length=100, blank=True, help_text="Empty: counts for every flag comparing "
+                                                                      "this mode.")
+    latency_ms = models.FloatField()
+    tokens_used = models.BigIntegerField()
+    success = models.BooleanField()
+    patch_count = models.IntegerField(default=0)
+    failed_patches = models.IntegerField(default=0)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["occurred_at"], name="execution_occurred_idx"),
+            models.Index(fields=["mode", "flag_key", "occurred_at"], name="execution_mode_flag_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.user_id} {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Rollup(models.Model):
+    """Counts, sums, a latency histogram and a unique-user sketch per minute (or hour), mode and flag key.
+
+    Dashboards read these, never the raw records: a 7-day window is 168 hour rows per mode.
+    """
+
+    MINUTE = 60
+    HOUR = 3600
+
+    resolution = models.PositiveIntegerField(choices=[(MINUTE, "minute"), (HOUR, "hour")])
+    flag_key = models.CharField(max_length=100, blank=True)
+    mode = models.CharField(max_length=50)
+    bucket_start = models.DateTimeField()
+    calls = models.BigIntegerField(default=0)
+    successes = models.BigIntegerField(default=0)
+    patches = models.BigIntegerField(default=0)
+    failed_patches = models.BigIntegerField(default=0)
+    latency_sum = models.FloatField(default=0)
+    tokens_sum = models.BigIntegerField(default=0)
+    latency_hist = models.BinaryField(default=b"")
+    users_hll = models.BinaryField(default=b"")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resolution", "flag_key", "mode", "bucket_start"],
+                                    name="rollup_one_row_per_bucket"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_resolution_display()} {self.bucket_start:%Y-%m-%d %H:%M} {self.mode} {self.flag_key}"

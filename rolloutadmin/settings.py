@@ -168,7 +168,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Raw execution records older than this are pruned daily; the minute and hour rollups stay.
+EXECUTION_RETENTION_DAYS = int(os.environ.get("EXECUTION_RETENTION_DAYS", "30"))
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "prune-raw-execution-records": {"task": "monitoring.prune_raw_records", "schedule": 24 * 3600.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -1,0 +1,199 @@
+"""Metrics of a flag's treatment and baseline modes over a window, read from the rollups only.
+
+Which records count for a flag: those of its treatment_mode and baseline_mode whose `flag` is the flag's
+key or empty (the seed's records carry no flag, so unflagged records count for every flag comparing
+those modes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from flags.models import Flag
+
+from . import histogram
+from .models import Rollup
+
+WINDOWS: dict[str, timedelta] = {
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
+DEFAULT_WINDOW = "1h"
+HLL_ERROR = "±3.3% (HyperLogLog, 1,024 registers)"
+
+
+@dataclass
+class Totals:
+    calls: int = 0
+    successes: int = 0
+    patches: int = 0
+    failed_patches: int = 0
+    latency_sum: float = 0.0
+    tokens_sum: int = 0
+    hist: list[int] = field(default_factory=histogram.empty)
+    hll: bytearray = field(default_factory=histogram.hll_empty)
+
+    def add(self, row: dict[str, Any], with_sketches: bool = True) -> None:
+        self.calls += row["calls"]
+        self.successes += row["successes"]
+        self.patches += row["patches"]
+        self.failed_patches += row["failed_patches"]
+        self.latency_sum += row["latency_sum"]
+        self.tokens_sum += row["tokens_sum"]
+        if with_sketches:
+            self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
+            histogram.hll_merge(self.hll, row["users_hll"])
+
+    def stats(self) -> dict[str, Any]:
+        calls = self.calls
+        failures = calls - self.successes
+        return {
+            "total_calls": calls,
+            "successful_calls": self.successes,
+            "failed_calls": failures,
+            "total_patches": self.patches,
+            "failed_patches": self.failed_patches,
+            "error_rate": _pct(failures, calls),
+            "success_rate": _pct(self.successes, calls),
+            "avg_latency_ms": round(self.latency_sum / calls, 1) if calls else None,
+            "p50_latency_ms": _round(histogram.percentile(self.hist, 0.50)),
+            "p95_latency_ms": _round(histogram.percentile(self.hist, 0.95)),
+            "p99_latency_ms": _round(histogram.percentile(self.hist, 0.99)),
+            "total_tokens": self.tokens_sum,
+            "avg_tokens_per_call": round(self.tokens_sum / calls, 1) if calls else None,
+            "unique_users": histogram.hll_count(self.hll) if calls else 0,
+        }
+
+
+def _pct(part: float, whole: float) -> float | None:
+    return round(part / whole * 100, 2) if whole else None
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
+def token_savings(treatment_avg: float | None, baseline_avg: float | None) -> float | None:
+    """Percent fewer tokens per call in the treatment than in the baseline; None without both."""
+    if treatment_avg is None or not baseline_avg:
+        return None
+    return round((baseline_avg - treatment_avg) / baseline_avg * 100, 2)
+
+
+_FIELDS = ("mode", "bucket_start", "calls", "successes", "patches", "failed_patches", "latency_sum", "tokens_sum",
+           "latency_hist", "users_hll")
+
+
+def _rows(flag: Flag, resolution: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    return list(
+        Rollup.objects.filter(resolution=resolution, flag_key__in=[flag.key, ""],
+                              mode__in=[flag.treatment_mode, flag.baseline_mode],
+                              bucket_start__gte=start, bucket_start__lt=end)
+        .order_by("bucket_start")
+        .values(*_FIELDS)
+    )
+
+
+def window_bounds(window: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    now = now or timezone.now()
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)  # the current minute counts
+    return end - WINDOWS[window], end
+
+
+def _hour_ceil(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
+    """The seed's dashboard per mode, plus percentiles, unique users and token savings, over a window."""
+    start, end = window_bounds(window, now)
+    totals = {flag.treatment_mode: Totals(), flag.baseline_mode: Totals()}
+    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0)
+    if first_full_hour < last_full_hour:
+        # Whole hours from hour rows, the ragged edges from minute rows: exact to the minute.
+        rows = _rows(flag, Rollup.HOUR, first_full_hour, last_full_hour)
+        rows += _rows(flag, Rollup.MINUTE, start, first_full_hour)
+        rows += _rows(flag, Rollup.MINUTE, last_full_hour, end)
+    else:
+        rows = _rows(flag, Rollup.MINUTE, start, end)
+    for row in rows:
+        totals[row["mode"]].add(row)
+    modes = {mode: t.stats() for mode, t in totals.items()}
+    treatment, baseline = modes[flag.treatment_mode], modes[flag.baseline_mode]
+    return {
+        "flag": flag.key,
+        "window": window,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "treatment_mode": flag.treatment_mode,
+        "baseline_mode": flag.baseline_mode,
+        "modes": modes,
+        "token_savings_percent": token_savings(treatment["avg_tokens_per_call"], baseline["avg_tokens_per_call"]),
+        "unique_users_error": HLL_ERROR,
+    }
+
+
+def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
+    """Points for the charts: per minute up to 1 h, per hour for 24 h and 7 d."""
+    start, end = window_bounds(window, now)
+    if WINDOWS[window] <= timedelta(hours=1):
+        resolution, step = Rollup.MINUTE, timedelta(minutes=1)
+    else:
+        resolution, step = Rollup.HOUR, timedelta(hours=1)
+        start = start.replace(minute=0)
+    buckets: list[datetime] = []
+    moment = start
+    while moment < end:
+        buckets.append(moment)
+        moment += step
+    per: dict[str, dict[datetime, Totals]] = {flag.treatment_mode: {}, flag.baseline_mode: {}}
+    for row in _rows(flag, resolution, start, end):
+        per[row["mode"]].setdefault(row["bucket_start"], Totals()).add(row)
+    out: dict[str, Any] = {"labels": [b.isoformat() for b in buckets], "modes": {}, "token_savings": []}
+    for mode, points in per.items():
+        stats = [points[b].stats() if b in points else None for b in buckets]
+        out["modes"][mode] = {
+            "error_rate": [s["error_rate"] if s else None for s in stats],
+            "p50_latency_ms": [s["p50_latency_ms"] if s else None for s in stats],
+            "p95_latency_ms": [s["p95_latency_ms"] if s else None for s in stats],
+            "avg_tokens_per_call": [s["avg_tokens_per_call"] if s else None for s in stats],
+            "calls": [s["total_calls"] if s else 0 for s in stats],
+        }
+    treatment = out["modes"][flag.treatment_mode]["avg_tokens_per_call"]
+    baseline = out["modes"][flag.baseline_mode]["avg_tokens_per_call"]
+    out["token_savings"] = [token_savings(t, b) for t, b in zip(treatment, baseline, strict=True)]
+    return out
+
+
+# The seed's success metrics, judged on the window's numbers.
+def success_criteria(data: dict[str, Any]) -> list[dict[str, Any]]:
+    treatment = data["modes"][data["treatment_mode"]]
+    baseline = data["modes"][data["baseline_mode"]]
+    latency_delta = None
+    if treatment["avg_latency_ms"] is not None and baseline["avg_latency_ms"]:
+        latency_delta = round((treatment["avg_latency_ms"] - baseline["avg_latency_ms"]) / baseline["avg_latency_ms"]
+                              * 100, 2)
+
+    def verdict(value: float | None, ok: bool) -> str:
+        return "no data" if value is None else ("met" if ok else "not met")
+
+    error_rate, success_rate, savings = treatment["error_rate"], treatment["success_rate"], \
+        data["token_savings_percent"]
+    return [
+        {"name": "Error rate < 5%", "value": error_rate, "unit": "%",
+         "status": verdict(error_rate, error_rate is not None and error_rate < 5)},
+        {"name": "Latency within ±10% of baseline", "value": latency_delta, "unit": "% vs baseline",
+         "status": verdict(latency_delta, latency_delta is not None and abs(latency_delta) <= 10)},
+        {"name": "Token savings > 20%", "value": savings, "unit": "%",
+         "status": verdict(savings, savings is not None and savings > 20)},
+        {"name": "Success rate > 95%", "value": success_rate, "unit": "%",
+         "status": verdict(success_rate, success_rate is not None and success_rate > 95)},
+    ]
+

@@ -1,0 +1,276 @@
+"""Ingestion of execution records, all or nothing, with the minute and hour rollups kept current.
+
+A batch is validated whole first: one bad record rejects it with every bad record's index, field and
+reason, and nothing is written. Records with a client-chosen id are inserted with ON CONFLICT DO NOTHING
+RETURNING, so a retried batch adds nothing twice, to the raw table or to the rollups.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from . import histogram
+from .models import ExecutionRecord, Rollup
+
+MAX_RECORDS = 5000
+MAX_FUTURE = timedelta(minutes=5)
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
+FIELDS = {"id", "user_id", "mode", "latency_ms", "tokens_used", "success", "patch_count", "failed_patches", "flag",
+          "occurred_at"}
+MAX_INT = 2**53
+
+
+@dataclass
+class RecordError:
+    index: int
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+class BatchRejected(Exception):
+    def __init__(self, errors: list[RecordError]) -> None:
+        super().__init__(f"{len({e.index for e in errors})} bad record(s); nothing was written")
+        self.errors = errors
+
+
+@dataclass
+class IngestResult:
+    received: int
+    accepted: int
+    duplicates: int
+    by_mode: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Clean:
+    client_id: str | None
+    user_id: str
+    mode: str
+    flag_key: str
+    latency_ms: float
+    tokens_used: int
+    success: bool
+    patch_count: int
+    failed_patches: int
+    occurred_at: datetime
+
+
+def _int(value: Any, name: str, errors: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(f"{name}: must be a whole number >= 0")
+        return 0
+    if not 0 <= value < MAX_INT:
+        errors.append(f"{name}: must be between 0 and 2**53")
+        return 0
+    return value
+
+
+def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[RecordError]]:
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        return None, [RecordError(index, "record", "must be a JSON object")]
+    for name in sorted(set(raw) - FIELDS):
+        problems.append((name, "unknown field"))
+    user_id = raw.get("user_id")
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id:
+        problems.append(("user_id", "required: a non-blank string of at most 255 characters"))
+    mode = raw.get("mode")
+    if not isinstance(mode, str) or len(mode) > 50 or not SLUG.match(mode):
+        problems.append(("mode", "required: a slug such as patch or single (lowercase, digits, _ and -)"))
+    latency = raw.get("latency_ms")
+    if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency) \
+            or latency < 0 or latency > 1e9:
+        problems.append(("latency_ms", "required: a number >= 0"))
+    numbers: dict[str, int] = {}
+    for name, required in (("tokens_used", True), ("patch_count", False), ("failed_patches", False)):
+        if name not in raw:
+            if required:
+                problems.append((name, "required: a whole number >= 0"))
+            numbers[name] = 0
+            continue
+        messages: list[str] = []
+        numbers[name] = _int(raw[name], name, messages)
+        problems += [(name, m.split(": ", 1)[1]) for m in messages]
+    if numbers.get("failed_patches", 0) > numbers.get("patch_count", 0):
+        problems.append(("failed_patches", "must not exceed patch_count"))
+    success = raw.get("success")
+    if not isinstance(success, bool):
+        problems.append(("success", "required: true or false"))
+    flag = raw.get("flag")
+    if flag is None:
+        flag = ""
+    elif not isinstance(flag, str) or len(flag) > 100 or (flag and not SLUG.match(flag)):
+        problems.append(("flag", "must be a flag key, or left out"))
+    client_id = raw.get("id")
+    if client_id is not None and (not isinstance(client_id, str) or not client_id.strip() or len(client_id) > 100):
+        problems.append(("id", "must be a non-blank string of at most 100 characters, or left out"))
+    occurred = now
+    if raw.get("occurred_at") is not None:
+        parsed = None
+        if isinstance(raw["occurred_at"], str):
+            try:
+                parsed = parse_datetime(raw["occurred_at"])
+            except ValueError:
+                parsed = None
+        if parsed is None:
+            problems.append(("occurred_at", "must be an ISO 8601 date-time such as 2026-11-26T10:00:00Z"))
+        else:
+            occurred = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            if occurred > now + MAX_FUTURE:
+                problems.append(("occurred_at", "is more than 5 minutes in the future"))
+    if problems:
+        return None, [RecordError(index, name, reason) for name, reason in problems]
+    return Clean(client_id, user_id, mode, flag, float(latency), numbers["tokens_used"], success,  # type: ignore[arg-type]
+                 numbers["patch_count"], numbers["failed_patches"], occurred.astimezone(UTC)), []
+
+
+def validate(records: Any, *, now: datetime | None = None) -> list[Clean]:
+    now = now or timezone.now()
+    if not isinstance(records, list) or not records:
+        raise BatchRejected([RecordError(-1, "records", "must be a non-empty list of records")])
+    if len(records) > MAX_RECORDS:
+        raise BatchRejected([RecordError(-1, "records", f"at most {MAX_RECORDS} records per batch, not "
+                                                         f"{len(records)}")])
+    clean: list[Clean] = []
+    errors: list[RecordError] = []
+    for index, raw in enumerate(records):
+        record, problems = _one(index, raw, now)
+        if record is not None:
+            clean.append(record)
+        errors += problems
+    if errors:
+        raise BatchRejected(errors)
+    return clean
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+
+_COLUMNS = ["client_id", "user_id", "mode", "flag_key", "latency_ms", "tokens_used", "success", "patch_count",
+            "failed_patches", "occurred_at", "received_at"]
+CHUNK = 500
+
+
+def _insert(records: list[Clean], received_at: datetime) -> list[Clean]:
+    """Insert, skipping client ids already stored; return the records actually inserted."""
+    table = connection.ops.quote_name(ExecutionRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    received = connection.ops.adapt_datetimefield_value(received_at)
+    inserted: list[Clean] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(records), CHUNK):
+            chunk = records[start : start + CHUNK]
+            params: list[Any] = []
+            for r in chunk:
+                params += [r.client_id, r.user_id, r.mode, r.flag_key, r.latency_ms, r.tokens_used, r.success,
+                           r.patch_count, r.failed_patches, connection.ops.adapt_datetimefield_value(r.occurred_at),
+                           received]
+            # Only quoted identifiers and placeholders are formatted in; every value is a parameter.
+            sql = (f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "  # noqa: S608
+                   f"ON CONFLICT DO NOTHING RETURNING {connection.ops.quote_name('client_id')}")
+            cursor.execute(sql, params)
+            stored = {client_id for (client_id,) in cursor.fetchall() if client_id is not None}
+            seen: set[str] = set()
+            for r in chunk:
+                if r.client_id is None:
+                    inserted.append(r)
+                elif r.client_id in stored and r.client_id not in seen:
+                    seen.add(r.client_id)
+                    inserted.append(r)
+    return inserted
+
+
+@dataclass
+class _Acc:
+    calls: int = 0
+    successes: int = 0
+    patches: int = 0
+    failed_patches: int = 0
+    latency_sum: float = 0.0
+    tokens_sum: int = 0
+    hist: list[int] = field(default_factory=histogram.empty)
+    hll: bytearray = field(default_factory=histogram.hll_empty)
+
+
+def _aggregate(records: list[Clean]) -> dict[tuple[int, str, str, datetime], _Acc]:
+    groups: dict[tuple[int, str, str, datetime], _Acc] = defaultdict(_Acc)
+    for r in records:
+        minute = r.occurred_at.replace(second=0, microsecond=0)
+        slot = histogram.slot_for(r.latency_ms)
+        user_hash = histogram.hll_hash(r.user_id)
+        for key in ((Rollup.MINUTE, r.flag_key, r.mode, minute),
+                    (Rollup.HOUR, r.flag_key, r.mode, minute.replace(minute=0))):
+            acc = groups[key]
+            acc.calls += 1
+            acc.successes += r.success
+            acc.patches += r.patch_count
+            acc.failed_patches += r.failed_patches
+            acc.latency_sum += r.latency_ms
+            acc.tokens_sum += r.tokens_used
+            acc.hist[slot] += 1
+            histogram.hll_add_hash(acc.hll, user_hash)
+    return groups
+
+
+def _apply(groups: dict[tuple[int, str, str, datetime], _Acc]) -> None:
+    if not groups:
+        return
+    keys = sorted(groups)
+    Rollup.objects.bulk_create(
+        [Rollup(resolution=k[0], flag_key=k[1], mode=k[2], bucket_start=k[3]) for k in keys],
+        ignore_conflicts=True,
+    )
+    match = Q()
+    for resolution, flag_key, mode, start in keys:
+        match |= Q(resolution=resolution, flag_key=flag_key, mode=mode, bucket_start=start)
+    # Locked in one order (by id) so that concurrent batches touching the same rows cannot deadlock.
+    rows = list(Rollup.objects.select_for_update().filter(match).order_by("id"))
+    for row in rows:
+        acc = groups[(row.resolution, row.flag_key, row.mode, row.bucket_start)]
+        row.calls += acc.calls
+        row.successes += acc.successes
+        row.patches += acc.patches
+        row.failed_patches += acc.failed_patches
+        row.latency_sum += acc.latency_sum
+        row.tokens_sum += acc.tokens_sum
+        row.latency_hist = histogram.to_bytes(histogram.add(histogram.from_bytes(row.latency_hist), acc.hist))
+        row.users_hll = bytes(histogram.hll_merge(acc.hll, row.users_hll))
+    Rollup.objects.bulk_update(rows, ["calls", "successes", "patches", "failed_patches", "latency_sum",
+                                      "tokens_sum", "latency_hist", "users_hll"])
+
+
+@transaction.atomic
+def ingest(records: Any, *, now: datetime | None = None) -> IngestResult:
+    """Validate the whole batch, store what is new, and fold it into the rollups in one transaction."""
+    clean = validate(records, now=now)
+    inserted = _insert(clean, timezone.now())
+    _apply(_aggregate(inserted))
+    by_mode: dict[str, int] = defaultdict(int)
+    for r in inserted:
+        by_mode[r.mode] += 1
+    return IngestResult(received=len(clean), accepted=len(inserted), duplicates=len(clean) - len(inserted),
+                        by_mode=dict(by_mode))
+
+
+def prune_raw_records(*, older_than_days: int, now: datetime | None = None) -> int:
+    """Delete raw records older than the retention; rollups stay. Returns how many were deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    total = 0
+    while True:
+        ids = list(ExecutionRecord.objects.filter(occurred_at__lt=cutoff).values_list("id", flat=True)[:10_000])
+        if not ids:
+            return total
+        total += ExecutionRecord.objects.filter(id__in=ids).delete()[0]
