@@ -181,6 +181,22 @@ class AuditEntry(models.Model):
     def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AppendOnlyError("audit entries are append-only: they cannot be deleted")
 
+    @property
+    def change_summary(self) -> str:
+        """One line for tables: each changed setting as before -> after (lists of ids as counts)."""
+        parts = []
+        for name in sorted(set(self.before) | set(self.after)):
+            if name in {"version", "added", "removed"}:
+                continue
+            old, new = self.before.get(name), self.after.get(name)
+            parts.append(f"{name}: {old} → {new}" if name in self.before else f"{name}={new}")
+        for name in ("added", "removed"):
+            ids = self.after.get(name) or self.before.get(name)
+            if isinstance(ids, list):
+                parts.append(f"{name} {len(ids)} user(s)")
+        text = ", ".join(parts)
+        return text if len(text) <= 200 else text[:199] + "…"
+
 
 class ConfigStamp(models.Model):
     """One row whose version moves on every committed change to flags, lists or API keys.

@@ -91,7 +91,16 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
 ]
+
+# The dashboard always sends a strict policy (flags.views.STRICT_CSP). CSP_STRICT=1 sends it on every
+# page, the admin included.
+if env_bool("CSP_STRICT"):
+    SECURE_CSP = {
+        "default-src": ["'self'"], "script-src": ["'self'"], "style-src": ["'self'"], "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"], "base-uri": ["'none'"], "frame-ancestors": ["'none'"],
+    }
 
 ROOT_URLCONF = "rolloutadmin.urls"
 WSGI_APPLICATION = "rolloutadmin.wsgi.application"
@@ -204,6 +213,7 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = not _COLLECTED
 
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "/"
 
 # The API: bodies over this are refused with 413; the config snapshot checks for changes this often.
 API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", 4 * 1024 * 1024))

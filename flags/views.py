@@ -1,0 +1,182 @@
+"""The dashboard: every flag, and one flag's rollout controls, metrics, charts and audit trail.
+
+Function views; an HTMX request gets one named partial of the page template. Viewers (group "Rollout
+viewers") see everything; managers ("Rollout managers") may also move the slider, flip the kill switch
+and keep lists. Everyone else gets 403.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.csp import csp_override
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
+
+from monitoring import selectors as metrics
+
+from . import selectors, services
+from .actors import Actor
+from .models import Flag, Source
+
+VIEWERS = "Rollout viewers"
+MANAGERS = "Rollout managers"
+BIG_STEP = Decimal(25)
+
+# The dashboard runs no inline script or style, so it can always send a strict policy.
+STRICT_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
+
+
+def _groups(user: Any) -> set[str]:
+    if not hasattr(user, "_rollout_groups"):
+        user._rollout_groups = set(user.groups.values_list("name", flat=True))
+    return user._rollout_groups
+
+
+def can_view(user: Any) -> bool:
+    return user.is_active and (user.is_superuser or bool(_groups(user) & {VIEWERS, MANAGERS}))
+
+
+def can_manage(user: Any) -> bool:
+    return user.is_active and (user.is_superuser or MANAGERS in _groups(user))
+
+
+def viewer_required(view):  # type: ignore[no-untyped-def]
+    @login_required
+    @csp_override(STRICT_CSP)
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not can_view(request.user):
+            raise PermissionDenied("You need to be in the Rollout viewers or Rollout managers group.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _flag(key: str) -> Flag:
+    flag = selectors.flag_get(key)
+    if flag is None:
+        raise Http404(f"no flag {key!r}")
+    return flag
+
+
+def _window(request: HttpRequest) -> str:
+    window = request.GET.get("window", metrics.DEFAULT_WINDOW)
+    return window if window in metrics.WINDOWS else metrics.DEFAULT_WINDOW
+
+
+@require_GET
+@viewer_required
+def flag_list(request: HttpRequest) -> HttpResponse:
+    template = "flags/flag_list.html"
+    if request.htmx:
+        template += "#flag-table"
+    return render(request, template, {"flags": selectors.flags_with_last_change()})
+
+
+def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
+    window = _window(request)
+    summary = metrics.summary(flag, window)
+    return {
+        "flag": flag,
+        "can_manage": can_manage(request.user),
+        "window": window,
+        "windows": list(metrics.WINDOWS),
+        "summary": summary,
+        "modes": [(mode, summary["modes"][mode]) for mode in (flag.treatment_mode, flag.baseline_mode)],
+        "criteria": metrics.success_criteria(summary),
+        "chart_data": {"series": metrics.series(flag, window), "treatment": flag.treatment_mode,
+                       "baseline": flag.baseline_mode},
+        "audit": selectors.audit_for_flag(flag, limit=15),
+        "counts": selectors.override_counts(flag),
+        "last_change": selectors.last_change(flag),
+        **extra,
+    }
+
+
+@require_GET
+@viewer_required
+def flag_detail(request: HttpRequest, key: str) -> HttpResponse:
+    flag = _flag(key)
+    template = "flags/flag_detail.html"
+    partial = request.GET.get("partial")
+    if request.htmx and partial in {"metrics", "audit", "controls"}:
+        template += f"#{partial}"
+    return render(request, template, _detail_context(request, flag))
+
+
+def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
+    context = {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
+               **extra}
+    response = render(request, "flags/flag_detail.html#controls", context, status=status)
+    if extra.get("changed"):
+        trigger_client_event(response, "flag-changed", {"version": flag.version})
+    return response
+
+
+def _expected_version(request: HttpRequest) -> int | None:
+    raw = request.POST.get("expected_version", "")
+    return int(raw) if raw.isdigit() else None
+
+
+@require_POST
+@viewer_required
+def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
+    """The slider, applied on release. A jump of more than 25 points, or to 100%, must be confirmed."""
+    flag = _flag(key)
+    if not can_manage(request.user):
+        raise PermissionDenied("Only Rollout managers may change a rollout.")
+    try:
+        target = services.parse_percentage(request.POST.get("rollout_percentage", ""))
+    except ValidationError as exc:
+        return _controls(request, flag, status=400, error=" ".join(exc.message_dict["rollout_percentage"]))
+    current = flag.rollout_percentage
+    needs_confirmation = target > current and (target - current > BIG_STEP or target == 100)
+    if needs_confirmation and request.POST.get("confirmed") != "yes":
+        return _controls(request, flag, status=400,
+                         error=f"Raising the rollout from {current}% to {target}% needs confirmation.")
+    try:
+        flag = services.flag_set_rollout(
+            flag=flag, percentage=target, actor=Actor.for_user(request.user), source=Source.UI,
+            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
+        )
+    except services.VersionConflict as exc:
+        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    return _controls(request, flag, changed=True, message=f"Rollout set to {flag.rollout_percentage}%.")
+
+
+@require_POST
+@viewer_required
+def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
+    """The kill switch."""
+    flag = _flag(key)
+    if not can_manage(request.user):
+        raise PermissionDenied("Only Rollout managers may flip the kill switch.")
+    wanted = request.POST.get("enabled")
+    if wanted not in {"on", "off"}:
+        return _controls(request, flag, status=400, error="enabled must be on or off.")
+    try:
+        flag = services.flag_update(
+            flag=flag, enabled=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
+            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
+        )
+    except services.VersionConflict as exc:
+        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    state = "enabled" if flag.enabled else "disabled (kill switch)"
+    return _controls(request, flag, changed=True, message=f"Flag {state}.")

@@ -1,0 +1,109 @@
+// rolloutadmin dashboard: the rollout slider and the Chart.js charts. Loaded as a file (no inline
+// script anywhere) so that the pages can run under a strict Content-Security-Policy.
+(function () {
+  "use strict";
+
+  var BIG_STEP = 25;
+  var charts = {};
+  var COLORS = { treatment: "#2563eb", baseline: "#9ca3af", savings: "#059669" };
+
+  // --- rollout slider: live value while moving, applied on release (the change event) ---
+  function initSlider(root) {
+    var slider = root.querySelector ? root.querySelector("#rollout-slider") : null;
+    if (!slider || slider.dataset.bound) return;
+    slider.dataset.bound = "1";
+    var output = document.getElementById("rollout-value");
+    var form = document.getElementById("rollout-form");
+    var current = parseFloat(slider.dataset.current);
+    slider.addEventListener("input", function () {
+      output.textContent = slider.value + "%";
+    });
+    slider.addEventListener("change", function () {
+      var target = parseFloat(slider.value);
+      if (target === current) return;
+      var confirmed = form.querySelector("[data-confirmed]");
+      confirmed.value = "";
+      if (target > current && (target - current > BIG_STEP || target === 100)) {
+        var ok = window.confirm("Raise the rollout from " + current + "% to " + target + "%? " +
+          "That exposes many more users at once.");
+        if (!ok) {
+          slider.value = Math.round(current);
+          output.textContent = current + "%";
+          return;
+        }
+        confirmed.value = "yes";
+      }
+      htmx.trigger(form, "rollout-apply");
+    });
+  }
+
+  // --- charts: created once, updated in place from the data the metrics partial carries ---
+  function readData() {
+    var node = document.getElementById("chart-data");
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
+  function shortLabel(iso) {
+    var d = new Date(iso);
+    var hh = String(d.getUTCHours()).padStart(2, "0");
+    var mm = String(d.getUTCMinutes()).padStart(2, "0");
+    return (d.getUTCMonth() + 1) + "/" + d.getUTCDate() + " " + hh + ":" + mm;
+  }
+
+  function datasetsFor(kind, data) {
+    var t = data.treatment, b = data.baseline, modes = data.series.modes;
+    function line(label, values, color, dashed) {
+      return { label: label, data: values, borderColor: color, backgroundColor: color, spanGaps: true,
+               borderDash: dashed ? [6, 4] : [], pointRadius: 1, tension: 0.2 };
+    }
+    if (kind === "error_rate") {
+      return [line(t, modes[t].error_rate, COLORS.treatment), line(b, modes[b].error_rate, COLORS.baseline)];
+    }
+    if (kind === "latency") {
+      return [line(t + " p50", modes[t].p50_latency_ms, COLORS.treatment),
+              line(t + " p95", modes[t].p95_latency_ms, COLORS.treatment, true),
+              line(b + " p50", modes[b].p50_latency_ms, COLORS.baseline),
+              line(b + " p95", modes[b].p95_latency_ms, COLORS.baseline, true)];
+    }
+    if (kind === "tokens") {
+      return [line(t, modes[t].avg_tokens_per_call, COLORS.treatment),
+              line(b, modes[b].avg_tokens_per_call, COLORS.baseline)];
+    }
+    return [line("savings", data.series.token_savings, COLORS.savings)];
+  }
+
+  function renderCharts() {
+    var data = readData();
+    if (!data || typeof Chart === "undefined") return;
+    var labels = data.series.labels.map(shortLabel);
+    document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+      var kind = canvas.dataset.chart;
+      var existing = charts[canvas.id];
+      if (existing && existing.canvas === canvas) {
+        existing.data.labels = labels;
+        var fresh = datasetsFor(kind, data);
+        existing.data.datasets.forEach(function (ds, i) { ds.data = fresh[i].data; });
+        existing.update("none");
+        return;
+      }
+      charts[canvas.id] = new Chart(canvas, {
+        type: "line",
+        data: { labels: labels, datasets: datasetsFor(kind, data) },
+        options: { animation: false, responsive: true, maintainAspectRatio: false,
+                   scales: { y: { beginAtZero: true } }, plugins: { legend: { position: "bottom" } } }
+      });
+    });
+    window.rolloutCharts = charts; // for the browser tests and the curious
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    initSlider(document);
+    renderCharts();
+  });
+  document.addEventListener("htmx:load", function (event) {
+    initSlider(event.target);
+    if (event.target.id === "metrics" || (event.target.querySelector && event.target.querySelector("#chart-data"))) {
+      renderCharts();
+    }
+  });
+})();
