@@ -212,8 +212,9 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not _COLLECTED
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
 
 # The API: bodies over this are refused with 413; the config snapshot checks for changes this often.
 API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", 4 * 1024 * 1024))

@@ -18,7 +18,16 @@
     slider.addEventListener("input", function () {
       output.textContent = slider.value + "%";
     });
+    // "change" fires when a drag is released, and on every arrow key press: wait until the keys have
+    // been still for a moment, then apply the final value once.
+    var timer = null;
     slider.addEventListener("change", function () {
+      if (timer) window.clearTimeout(timer);
+      timer = window.setTimeout(apply, 400);
+    });
+
+    function apply() {
+      timer = null;
       var target = parseFloat(slider.value);
       if (target === current) return;
       var confirmed = form.querySelector("[data-confirmed]");
@@ -34,7 +43,7 @@
         confirmed.value = "yes";
       }
       htmx.trigger(form, "rollout-apply");
-    });
+    }
   }
 
   // --- charts: created once, updated in place from the data the metrics partial carries ---
