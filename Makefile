@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv clean
+.PHONY: run demo test lint bench venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@set -e; python=$$(scripts/find-python); \
@@ -20,6 +20,16 @@ run: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(PY) manage.py bootstrap
 	@echo "rolloutadmin: http://127.0.0.1:8000  (admin at /admin/; Ctrl-C stops web, worker and beat)"
 	DEBUG=$${DEBUG:-1} $(VENV)/bin/honcho start -f Procfile
+
+# make run plus a traffic simulator: a living dashboard in one command. The first time, it turns Patch
+# Mode on at 20% in the local database so that both modes have traffic.
+demo: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(PY) manage.py bootstrap
+	-@DEBUG=$${DEBUG:-1} $(PY) manage.py set_rollout patch_mode_enabled 20 --enable --expected-version 1 \
+		--reason "make demo: start at 20%" 2>/dev/null
+	@echo "rolloutadmin demo: http://127.0.0.1:8000  (Ctrl-C stops web, worker, beat and the simulator)"
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/honcho start -f Procfile.demo
 
 test: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(PY) -m pytest $(PYTEST_ARGS)

@@ -23,10 +23,9 @@ class ExecutionRecord(models.Model):
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [
-            models.Index(fields=["occurred_at"], name="execution_occurred_idx"),
-            models.Index(fields=["mode", "flag_key", "occurred_at"], name="execution_mode_flag_time_idx"),
-        ]
+        # Only retention pruning and rollup rebuilds read raw rows, both by time; dashboards read rollups.
+        # Every further index would slow ingestion down.
+        indexes = [models.Index(fields=["occurred_at"], name="execution_occurred_idx")]
 
     def __str__(self) -> str:
         return f"{self.mode} {self.user_id} {self.occurred_at:%Y-%m-%d %H:%M:%S}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,7 +206,7 @@ class _Acc:
     hll: bytearray = field(default_factory=histogram.hll_empty)
 
 
-def _aggregate(records: list[Clean]) -> dict[tuple[int, str, str, datetime], _Acc]:
+def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime], _Acc]:
     groups: dict[tuple[int, str, str, datetime], _Acc] = defaultdict(_Acc)
     for r in records:
         minute = r.occurred_at.replace(second=0, microsecond=0)
@@ -274,3 +275,30 @@ def prune_raw_records(*, older_than_days: int, now: datetime | None = None) -> i
         if not ids:
             return total
         total += ExecutionRecord.objects.filter(id__in=ids).delete()[0]
+
+
+@transaction.atomic
+def rebuild_rollups(*, start: datetime, end: datetime) -> int:
+    """Recompute the rollups of whole hours in [start, end) from the raw records; returns rows written.
+
+    For repairs and for records loaded around the ingestion service (a SQL bulk load). Only raw records
+    still within retention can be rolled up again, so older hours are left as they are.
+    """
+    start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    end = end.astimezone(UTC)
+    if end.minute or end.second or end.microsecond:
+        end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    Rollup.objects.filter(bucket_start__gte=start, bucket_start__lt=end).delete()
+    fields = ("client_id", "user_id", "mode", "flag_key", "latency_ms", "tokens_used", "success", "patch_count",
+              "failed_patches", "occurred_at")
+    rows = (ExecutionRecord.objects.filter(occurred_at__gte=start, occurred_at__lt=end)
+            .values_list(*fields).iterator(chunk_size=20_000))
+    groups = _aggregate(Clean(*row) for row in rows)
+    Rollup.objects.bulk_create(
+        [Rollup(resolution=k[0], flag_key=k[1], mode=k[2], bucket_start=k[3], calls=a.calls, successes=a.successes,
+                patches=a.patches, failed_patches=a.failed_patches, latency_sum=a.latency_sum,
+                tokens_sum=a.tokens_sum, latency_hist=histogram.to_bytes(a.hist), users_hll=bytes(a.hll))
+         for k, a in groups.items()],
+        batch_size=2000,
+    )
+    return len(groups)
