@@ -1,1 +1,210 @@
-# Alert rules, alerts and rollout plans arrive with the alerts issue.
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from flags.models import Flag
+
+
+class Metric(models.TextChoices):
+    ERROR_RATE = "error_rate", "treatment error rate (%)"
+    SUCCESS_RATE = "success_rate", "treatment success rate (%)"
+    LATENCY_RATIO = "latency_ratio", "treatment avg latency / baseline avg latency"
+    TOKENS_RATIO = "tokens_ratio", "treatment avg tokens per call / baseline avg tokens per call"
+    P95_LATENCY_MS = "p95_latency_ms", "treatment p95 latency (ms)"
+
+
+# Ratios compare the treatment with the baseline, so they need enough calls on both sides.
+COMPARATIVE_METRICS = {Metric.LATENCY_RATIO, Metric.TOKENS_RATIO}
+
+
+class Comparison(models.TextChoices):
+    GT = "gt", ">"
+    GTE = "gte", ">="
+    LT = "lt", "<"
+    LTE = "lte", "<="
+
+
+class Severity(models.TextChoices):
+    CRITICAL = "critical", "critical"
+    WARNING = "warning", "warning"
+
+
+class Action(models.TextChoices):
+    NOTIFY = "notify", "notify only"
+    CAP_ROLLOUT = "cap_rollout", "cap the rollout at the action value (never raises it)"
+    ROLLBACK = "rollback", "roll back to 0%"
+    DISABLE = "disable", "disable the flag (kill switch)"
+    PAUSE_PLAN = "pause_plan", "pause the flag's rollout plan"
+
+
+class AlertRule(models.Model):
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="alert_rules")
+    name = models.CharField(max_length=200)
+    metric = models.CharField(max_length=20, choices=Metric.choices)
+    comparison = models.CharField(max_length=3, choices=Comparison.choices)
+    threshold = models.DecimalField(max_digits=10, decimal_places=3)
+    severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.WARNING)
+    window_minutes = models.PositiveIntegerField(default=15, validators=[MinValueValidator(1)])
+    min_samples = models.PositiveIntegerField(
+        default=10, help_text="Calls needed in the window (on both sides for comparisons) before the rule judges."
+    )
+    action = models.CharField(max_length=12, choices=Action.choices, default=Action.NOTIFY)
+    action_value = models.DecimalField(
+        max_digits=5, decimal_places=2, null=True, blank=True, help_text="For cap_rollout: the cap in percent."
+    )
+    cooldown_minutes = models.PositiveIntegerField(
+        default=30, help_text="After a remediation, the rule takes no further action for this long."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["flag", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(action="cap_rollout")
+                | (models.Q(action_value__gte=0) & models.Q(action_value__lte=100)),
+                name="alertrule_cap_needs_a_percentage",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flag.key}: {self.name}"
+
+    def describe(self) -> str:
+        return f"{self.get_metric_display()} {self.get_comparison_display()} {self.threshold.normalize()}"
+
+
+class AlertState(models.TextChoices):
+    FIRING = "firing", "firing"
+    ACKNOWLEDGED = "acknowledged", "acknowledged"
+    RESOLVED = "resolved", "resolved"
+
+
+OPEN_STATES = (AlertState.FIRING, AlertState.ACKNOWLEDGED)
+
+
+class Alert(models.Model):
+    """One episode of a rule firing for its flag: firing -> acknowledged -> resolved."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="alerts")
+    state = models.CharField(max_length=12, choices=AlertState.choices, default=AlertState.FIRING)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    message = models.TextField()
+    value = models.DecimalField(max_digits=14, decimal_places=3, null=True)
+    opened_at = models.DateTimeField(auto_now_add=True)
+    last_checked_at = models.DateTimeField(null=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=150, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    actions_taken = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            # At most one open episode per rule: overlapping checks cannot open two.
+            models.UniqueConstraint(fields=["rule"], condition=models.Q(state__in=["firing", "acknowledged"]),
+                                    name="alert_one_open_episode_per_rule"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flag.key}: {self.rule.name} ({self.state})"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed"
+
+
+class Notification(models.Model):
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
+    event = models.CharField(max_length=10)  # firing, resolved
+    channel = models.CharField(max_length=10)  # email, webhook
+    status = models.CharField(max_length=10, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.event} for alert {self.alert_id}: {self.status}"
+
+
+DEFAULT_RULES = [
+    # The seed's four rules (alert-rules.js), with its defects fixed in alerts.services.
+    {"name": "Patch Mode error rate above 5%", "metric": Metric.ERROR_RATE, "comparison": Comparison.GT,
+     "threshold": Decimal("5"), "severity": Severity.CRITICAL, "action": Action.CAP_ROLLOUT,
+     "action_value": Decimal("50")},
+    {"name": "Latency above 1.5x baseline", "metric": Metric.LATENCY_RATIO, "comparison": Comparison.GT,
+     "threshold": Decimal("1.5"), "severity": Severity.WARNING, "action": Action.NOTIFY},
+    {"name": "Token savings low (tokens above 0.8x baseline)", "metric": Metric.TOKENS_RATIO,
+     "comparison": Comparison.GT, "threshold": Decimal("0.8"), "severity": Severity.WARNING,
+     "action": Action.NOTIFY},
+    {"name": "Success rate below 95%", "metric": Metric.SUCCESS_RATE, "comparison": Comparison.LT,
+     "threshold": Decimal("95"), "severity": Severity.WARNING, "action": Action.NOTIFY},
+]
+
+
+class PlanState(models.TextChoices):
+    DRAFT = "draft", "draft"
+    RUNNING = "running", "running"
+    PAUSED = "paused", "paused"
+    COMPLETED = "completed", "completed"
+    ROLLED_BACK = "rolled_back", "rolled back"
+
+
+class RolloutPlan(models.Model):
+    """The seed's week-by-week schedule, automated: stages advance when their time is up and the gate passes."""
+
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="plans")
+    state = models.CharField(max_length=12, choices=PlanState.choices, default=PlanState.DRAFT)
+    current_stage = models.PositiveIntegerField(default=0, help_text="Index of the stage in force (0-based).")
+    stage_started_at = models.DateTimeField(null=True, blank=True)
+    # Health gate (the seed's week-2 rule): below `advance_below` % errors advance, between hold,
+    # above `rollback_above` % roll back to 0%.
+    advance_below = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("2"))
+    rollback_above = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("5"))
+    min_samples = models.PositiveIntegerField(default=100, help_text="Treatment calls a stage needs before it "
+                                                                     "can advance.")
+    status_note = models.CharField(max_length=500, blank=True, help_text="Why the plan holds, paused or stopped.")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["flag"], condition=models.Q(state__in=["running", "paused"]),
+                                    name="plan_one_active_per_flag"),
+            models.CheckConstraint(condition=models.Q(advance_below__lte=models.F("rollback_above")),
+                                   name="plan_gate_thresholds_ordered"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flag.key} plan ({self.state})"
+
+
+class PlanStage(models.Model):
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="stages")
+    order = models.PositiveIntegerField()
+    percentage = models.DecimalField(max_digits=5, decimal_places=2)
+    min_duration_minutes = models.PositiveIntegerField(default=7 * 24 * 60)
+
+    class Meta:
+        ordering = ["plan", "order"]
+        constraints = [models.UniqueConstraint(fields=["plan", "order"], name="planstage_unique_order")]
+
+    def __str__(self) -> str:
+        return f"stage {self.order + 1}: {self.percentage}% for {self.min_duration_minutes} min"
+
+
+DEFAULT_STAGES = [(Decimal("10"), 7 * 24 * 60), (Decimal("20"), 7 * 24 * 60), (Decimal("50"), 7 * 24 * 60),
+                  (Decimal("100"), 7 * 24 * 60)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -45,6 +45,12 @@ EDITABLE_FIELDS = (
     "baseline_mode",
 )
 RESHUFFLING_FIELDS = ("bucketing", "salt")
+
+# Other apps' reactions to flag writes, run inside the same transaction. Registered explicitly in their
+# AppConfig.ready (not signals): the alerts app gives every new flag the seed's four rules, and pauses
+# a running rollout plan when anyone but the plan itself changes the flag's exposure.
+created_listeners: list[Callable[[Flag], None]] = []
+exposure_listeners: list[Callable[..., None]] = []
 
 
 class FlagNotFound(Exception):
@@ -260,6 +266,8 @@ def flag_create(
     _audit(flag=flag, actor=actor, source=source, action="create", before={}, after=flag_state(flag),
            reason=reason)
     publish_config_change()
+    for listener in created_listeners:
+        listener(flag)
     return flag
 
 
@@ -290,6 +298,7 @@ def flag_update(
     expected_version: int | None = None,
     confirm_reshuffle: bool = False,
     only_reduce: bool = False,
+    _from_plan: bool = False,
     **changes: Any,
 ) -> Flag:
     """Change some of a flag's settings; no-op changes write nothing.
@@ -338,6 +347,9 @@ def flag_update(
         after={name: after[name] for name in changed} | {"version": after["version"]},
         reason=reason,
     )
+    if not _from_plan and set(changed) & {"enabled", "rollout_percentage"}:
+        for listener in exposure_listeners:
+            listener(flag=locked, actor=actor, source=source, reason=reason)
     return locked
 
 

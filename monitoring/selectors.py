@@ -114,8 +114,13 @@ def _hour_ceil(moment: datetime) -> datetime:
 def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
     """The seed's dashboard per mode, plus percentiles, unique users and token savings, over a window."""
     start, end = window_bounds(window, now)
+    return {"window": window, **summary_between(flag, start, end)}
+
+
+def summary_between(flag: Flag, start: datetime, end: datetime) -> dict[str, Any]:
+    """The same over [start, end), to the minute (alert rules use their own window lengths)."""
     totals = {flag.treatment_mode: Totals(), flag.baseline_mode: Totals()}
-    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0)
+    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0, second=0, microsecond=0)
     if first_full_hour < last_full_hour:
         # Whole hours from hour rows, the ragged edges from minute rows: exact to the minute.
         rows = _rows(flag, Rollup.HOUR, first_full_hour, last_full_hour)
@@ -129,7 +134,6 @@ def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = Non
     treatment, baseline = modes[flag.treatment_mode], modes[flag.baseline_mode]
     return {
         "flag": flag.key,
-        "window": window,
         "from": start.isoformat(),
         "to": end.isoformat(),
         "treatment_mode": flag.treatment_mode,

@@ -179,8 +179,29 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Raw execution records older than this are pruned daily; the minute and hour rollups stay.
 EXECUTION_RETENTION_DAYS = int(os.environ.get("EXECUTION_RETENTION_DAYS", "30"))
+# Alerts: the beat checks every ALERT_CHECK_INTERVAL seconds; notifications go to these addresses (Django's
+# email backend: the console in development) and to a Slack-compatible webhook.
+ALERT_CHECK_INTERVAL = float(os.environ.get("ALERT_CHECK_INTERVAL", "60"))
+ALERT_EMAILS = env_list("ALERT_EMAILS", "")
+ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip()
+ALERT_WEBHOOK_TIMEOUT = float(os.environ.get("ALERT_WEBHOOK_TIMEOUT", "5"))
+# Django 6.1 mailers: EMAIL_BACKEND (console in development, SMTP otherwise; the file backend writes into
+# EMAIL_FILE_PATH), with SMTP's host and port from EMAIL_HOST and EMAIL_PORT.
+_EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend"
+)
+_EMAIL_OPTIONS: dict[str, object] = {}
+if _EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+    _EMAIL_OPTIONS["file_path"] = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+elif _EMAIL_BACKEND.endswith("smtp.EmailBackend"):
+    _EMAIL_OPTIONS.update(host=os.environ.get("EMAIL_HOST", "localhost"), port=int(os.environ.get("EMAIL_PORT", "25")),
+                          timeout=10)
+MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": _EMAIL_OPTIONS}}
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "rolloutadmin@localhost")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "prune-raw-execution-records": {"task": "monitoring.prune_raw_records", "schedule": 24 * 3600.0},
+    "check-alerts": {"task": "alerts.check_alerts", "schedule": ALERT_CHECK_INTERVAL,
+                     "options": {"expires": ALERT_CHECK_INTERVAL}},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
