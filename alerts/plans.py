@@ -92,6 +92,10 @@ def plan_start(*, plan: RolloutPlan, actor: Actor, source: str = Source.UI) -> R
         raise ValidationError({"state": f"only a draft plan can start; this one is {plan.state}"})
     if active_plan(plan.flag):
         raise ValidationError({"state": "the flag already has a running or paused plan"})
+    percentages = [stage.percentage for stage in _stages(plan)]
+    # Plans made in the admin skip plan_create's checks: check the stages again before they act.
+    if not percentages or any(not 0 <= p <= 100 for p in percentages) or percentages != sorted(set(percentages)):
+        raise ValidationError({"stages": "a plan needs stages rising between 0% and 100%"})
     plan.state, plan.status_note = PlanState.RUNNING, f"started by {actor.name}"
     _set_stage(plan, 0, actor=actor, source=source, reason="rollout plan started: stage 1", now=timezone.now())
     return plan
@@ -170,8 +174,10 @@ def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
     calls, error_rate = treatment["total_calls"], treatment["error_rate"]
     ends_at = started + timedelta(minutes=stage.min_duration_minutes)
     last = plan.current_stage + 1 >= len(stages)
+    left = max(timedelta(0), ends_at - now)
+    hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
     info = {"stage": plan.current_stage + 1, "stages": len(stages), "percentage": stage.percentage,
-            "ends_at": ends_at, "time_left": max(timedelta(0), ends_at - now), "calls": calls,
+            "ends_at": ends_at, "time_left": f"{hours // 24}d {hours % 24}h {minutes}m", "calls": calls,
             "error_rate": error_rate, "last_stage": last}
     if calls < plan.min_samples:
         info.update(decision="hold", why=f"{calls} of {plan.min_samples} treatment calls needed")
@@ -227,3 +233,16 @@ def tick_all(*, now: datetime | None = None, dry_run: bool = False) -> dict[int,
 def on_exposure_change(*, flag: Flag, actor: Actor, source: str, reason: str) -> None:
     """Someone other than the plan changed the flag's exposure: a running plan pauses and says so."""
     pause_running_plan(flag, actor=actor, source=source, reason=reason or "no reason given")
+
+
+def plan_stages_by_flag() -> dict[int, str]:
+    """For the flag list: 'stage 2 of 4 (20%), running' for each flag with a running or paused plan."""
+    out: dict[int, str] = {}
+    active = RolloutPlan.objects.filter(state__in=[PlanState.RUNNING, PlanState.PAUSED]).prefetch_related("stages")
+    for plan in active:
+        stages = sorted(plan.stages.all(), key=lambda s: s.order)
+        if plan.current_stage < len(stages):
+            stage = stages[plan.current_stage]
+            out[plan.flag_id] = (f"stage {plan.current_stage + 1} of {len(stages)} "
+                                 f"({stage.percentage.normalize()}%), {plan.get_state_display()}")
+    return out

@@ -84,10 +84,16 @@ def _window(request: HttpRequest) -> str:
 @require_GET
 @viewer_required
 def flag_list(request: HttpRequest) -> HttpResponse:
+    from alerts.plans import plan_stages_by_flag
+
     template = "flags/flag_list.html"
     if request.htmx:
         template += "#flag-table"
-    return render(request, template, {"flags": selectors.flags_with_last_change()})
+    flags = list(selectors.flags_with_last_change())
+    stages = plan_stages_by_flag()
+    for flag in flags:
+        flag.plan_stage = stages.get(flag.pk, "")
+    return render(request, template, {"flags": flags})
 
 
 def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:

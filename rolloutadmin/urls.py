@@ -12,4 +12,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("api.urls")),
     path("", include("flags.urls")),
+    path("", include("alerts.urls")),
 ]
