@@ -244,5 +244,5 @@ def plan_stages_by_flag() -> dict[int, str]:
         if plan.current_stage < len(stages):
             stage = stages[plan.current_stage]
             out[plan.flag_id] = (f"stage {plan.current_stage + 1} of {len(stages)} "
-                                 f"({stage.percentage.normalize()}%), {plan.get_state_display()}")
+                                 f"({format(stage.percentage.normalize(), 'f')}%), {plan.get_state_display()}")
     return out

@@ -1,0 +1,131 @@
+"""Alerts and rollout plans on the dashboard, through Django's test client."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from alerts import services as alert_services
+from alerts.models import Alert, AlertRule, PlanState, RolloutPlan
+from flags.models import AuditEntry, Flag
+from monitoring import services as monitoring
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client_in(django_user_model):
+    def make(group: str) -> Client:
+        user = django_user_model.objects.create_user(f"user-{group.split()[1]}", password="pw")
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def firing(flag):
+    monitoring.ingest([{"user_id": f"u{i}", "mode": "patch", "latency_ms": 100, "tokens_used": 800,
+                        "success": i % 2 == 0} for i in range(40)])
+    alert_services.check_flag(flag.key)
+    return Alert.objects.get(flag=flag, rule__metric="error_rate")
+
+
+def test_new_flags_get_the_four_seed_rules(flag):
+    assert AlertRule.objects.filter(flag=flag).count() == 4
+
+
+def test_open_alerts_panel_lists_firing_alerts_and_a_manager_acknowledges(client_in, firing):
+    manager = client_in("Rollout managers")
+    panel = manager.get("/flags/patch_mode_enabled/alerts", HTTP_HX_REQUEST="true").content.decode()
+    assert "Patch Mode error rate above 5%" in panel and "Acknowledge" in panel
+    response = manager.post(f"/flags/patch_mode_enabled/alerts/{firing.pk}/acknowledge", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and b"Acknowledged by user-managers" in response.content
+    firing.refresh_from_db()
+    assert (firing.state, firing.acknowledged_by) == ("acknowledged", "user-managers")
+
+
+def test_viewers_see_alerts_but_cannot_acknowledge(client_in, firing):
+    viewer = client_in("Rollout viewers")
+    panel = viewer.get("/flags/patch_mode_enabled/alerts").content.decode()
+    assert "Patch Mode error rate above 5%" in panel and "Acknowledge</button>" not in panel
+    assert viewer.post(f"/flags/patch_mode_enabled/alerts/{firing.pk}/acknowledge").status_code == 403
+    firing.refresh_from_db()
+    assert firing.state == "firing"
+
+
+def test_alert_history_filters_by_flag_state_and_severity(client_in, firing, make_flag):
+    viewer = client_in("Rollout viewers")
+    page = viewer.get("/alerts/", {"flag": "patch_mode_enabled", "severity": "critical"}).content.decode()
+    assert page.count('class="alert-row"') == 1 and "Patch Mode error rate above 5%" in page
+    assert 'class="alert-row"' not in viewer.get("/alerts/", {"state": "resolved"}).content.decode()
+    warnings = viewer.get("/alerts/", {"severity": "warning"}).content.decode()
+    assert "Success rate below 95%" in warnings and "error rate above 5%" not in warnings
+
+
+def plan_post(client: Client, action: str):
+    return client.post("/flags/patch_mode_enabled/plan/action", {"action": action}, HTTP_HX_REQUEST="true")
+
+
+def test_a_manager_creates_starts_pauses_resumes_advances_and_aborts_a_plan(client_in, flag):
+    manager = client_in("Rollout managers")
+    assert plan_post(manager, "create").status_code == 200
+    plan = RolloutPlan.objects.get(flag=flag)
+    assert [s.percentage for s in plan.stages.order_by("order")] == [10, 20, 50, 100]
+    response = plan_post(manager, "start")
+    assert response.status_code == 200 and response["HX-Trigger"].startswith('{"plan-changed"')
+    flag.refresh_from_db()
+    assert (flag.enabled, flag.rollout_percentage) == (True, Decimal("10.00"))
+    assert plan_post(manager, "pause").status_code == 200
+    assert RolloutPlan.objects.get(pk=plan.pk).state == PlanState.PAUSED
+    assert plan_post(manager, "resume").status_code == 200
+    assert plan_post(manager, "advance").status_code == 200
+    flag.refresh_from_db()
+    assert flag.rollout_percentage == Decimal("20.00")
+    assert plan_post(manager, "abort").status_code == 200
+    flag.refresh_from_db()
+    assert flag.rollout_percentage == 0 and RolloutPlan.objects.get(pk=plan.pk).state == PlanState.ROLLED_BACK
+    sources = list(AuditEntry.objects.filter(flag=flag).order_by("id").values_list("source", "actor"))
+    assert ("ui", "user-managers") in sources
+
+
+def test_unknown_plan_action_is_400_and_viewers_get_403(client_in, flag):
+    assert plan_post(client_in("Rollout managers"), "launch-rockets").status_code == 400
+    assert plan_post(client_in("Rollout viewers"), "create").status_code == 403
+    assert not RolloutPlan.objects.exists()
+
+
+def test_moving_the_slider_pauses_a_running_plan_and_says_so(client_in, flag):
+    manager = client_in("Rollout managers")
+    plan_post(manager, "create")
+    plan_post(manager, "start")
+    flag.refresh_from_db()
+    response = manager.post("/flags/patch_mode_enabled/rollout",
+                            {"rollout_percentage": "5", "expected_version": str(flag.version), "reason": "too hot"})
+    assert response.status_code == 200
+    plan = RolloutPlan.objects.get(flag=flag)
+    assert plan.state == PlanState.PAUSED and "user-managers" in plan.status_note and "too hot" in plan.status_note
+    panel = manager.get("/flags/patch_mode_enabled/plan").content.decode()
+    assert 'id="plan-state">paused<' in panel and "too hot" in panel
+
+
+def test_flag_list_shows_the_plan_stage(client_in, flag):
+    manager = client_in("Rollout managers")
+    plan_post(manager, "create")
+    plan_post(manager, "start")
+    assert "stage 1 of 4 (10%), running" in manager.get("/").content.decode()
+
+
+def test_the_plan_panel_shows_the_timeline_and_gate(client_in, flag):
+    manager = client_in("Rollout managers")
+    plan_post(manager, "create")
+    plan_post(manager, "start")
+    panel = manager.get("/flags/patch_mode_enabled/plan").content.decode()
+    assert panel.count('class="stage') == 4 and 'class="stage current"' in panel
+    assert "Stage 1 of 4 (10%)" in panel and "gate: <strong>hold</strong>" in panel and "time left 6d 23h" in panel
+    assert Flag.objects.get(pk=flag.pk).rollout_percentage == Decimal("10.00")
