@@ -173,18 +173,21 @@ def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = Fa
         flag = Flag.objects.select_for_update().get(key=flag_key)
         cache: dict[int, dict[str, Any]] = {}
         results = []
+        open_alerts = {a.rule_id: a for a in Alert.objects.filter(flag=flag, state__in=OPEN_STATES)}
         for rule in AlertRule.objects.filter(flag=flag, enabled=True).order_by("id"):
             result = measure(rule, flag, now, cache)
             results.append(result)
-            _apply(rule, flag, result, now, dry_run=dry_run)
-            flag.refresh_from_db()  # a remediation may have changed it: the next rule sees the new state
+            if _apply(rule, flag, result, now, open_alerts.get(rule.pk), dry_run=dry_run):
+                flag.refresh_from_db()  # a remediation changed it: the next rule sees the new state
         if dry_run:
             transaction.set_rollback(True)
     return results
 
 
-def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, *, dry_run: bool) -> None:
-    alert = Alert.objects.filter(rule=rule, state__in=OPEN_STATES).first()
+def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert: Alert | None, *,
+           dry_run: bool) -> bool:
+    """Open, update or resolve the rule's episode and remediate; True when the flag may have changed."""
+    acted = False
     if result.state == FIRING:
         if alert is None:
             alert = Alert.objects.create(rule=rule, flag=flag, severity=rule.severity, value=result.value,
@@ -200,6 +203,7 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, *, dr
             else:
                 done = _remediate(rule, flag, result, dry_run=dry_run)
                 result.actions += done
+                acted = bool(done)
                 if done and not dry_run and not done[0].startswith(("rollout already", "flag already", "no running")):
                     alert.actions_taken = [*alert.actions_taken, {"at": now.isoformat(), "what": done}]
         alert.save()
@@ -213,6 +217,7 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, *, dr
     elif alert is not None:
         alert.last_checked_at = now  # no data: the episode stays open until the condition is seen to clear
         alert.save(update_fields=["last_checked_at"])
+    return acted
 
 
 def check_all(*, now: datetime | None = None, dry_run: bool = False,

@@ -160,7 +160,8 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     _broker_dir = VAR_DIR / "celery" / "broker"
     _processed_dir = VAR_DIR / "celery" / "processed"
-    for _folder in (_broker_dir, _processed_dir):
+    _control_dir = VAR_DIR / "celery" / "control"
+    for _folder in (_broker_dir, _processed_dir, _control_dir):
         _folder.mkdir(parents=True, exist_ok=True)
     # kombu's filesystem transport: worker and beat on one host, no server to run.
     CELERY_BROKER_URL = "filesystem://"
@@ -168,6 +169,7 @@ else:
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),
         "processed_folder": str(_processed_dir),
+        "control_folder": str(_control_dir),  # else kombu writes ./control into the working directory
         "store_processed": False,
     }
 
