@@ -54,7 +54,7 @@ def run() -> list[Row]:
                               actor=actor, source=Source.CLI)
     _key, token = api_key_create(name="bench", scopes="evaluate")
     work = Path(tempfile.mkdtemp(prefix="rolloutadmin-bench-api-"))
-    env = {"DATABASE_URL": database_url(), "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4"}
+    env = {"DATABASE_URL": database_url()}  # the production defaults of rolloutadmin/gunicorn.conf.py
     if redis_url():
         env["REDIS_URL"] = redis_url()
     server = Server(env, work / "var")

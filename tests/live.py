@@ -122,8 +122,6 @@ class Server:
             "DEBUG": "0",
             "SECRET_KEY": "live-test-secret-key-" + "x" * 40,
             "ROLLOUTADMIN_VAR_DIR": str(var_dir),
-            "GUNICORN_WORKERS": "1",
-            "GUNICORN_THREADS": "2",
             "GUNICORN_LOGLEVEL": "warning",
             **env,
         })

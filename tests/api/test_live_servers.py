@@ -22,13 +22,19 @@ def evaluate(server: Server, token: str, user: str = "user_1") -> tuple[int, dic
     return status, body
 
 
-def wait_for(predicate, timeout: float) -> float | None:
-    """Seconds until predicate() held, or None if it did not within the timeout."""
+def wait_for(predicate, timeout: float, agree: int = 8) -> float | None:
+    """Seconds until predicate() held for `agree` requests in a row, or None if not within the timeout.
+
+    A server has several worker processes, each with its own snapshot, and each request may land on any
+    of them: one answer proves one worker; several in a row make it every worker."""
     start = time.monotonic()
+    streak = 0
     while time.monotonic() - start < timeout:
-        if predicate():
+        streak = streak + 1 if predicate() else 0
+        if streak >= agree:
             return time.monotonic() - start
-        time.sleep(0.02)
+        if not streak:
+            time.sleep(0.02)
     return None
 
 
