@@ -166,32 +166,65 @@ CHUNK = 500
 
 def _insert(records: list[Clean], received_at: datetime) -> list[Clean]:
     """Insert, skipping client ids already stored; return the records actually inserted."""
+    if connection.vendor == "postgresql":
+        stored = _insert_postgres(records, received_at)
+    else:
+        stored = _insert_values(records, received_at)
+    inserted: list[Clean] = []
+    seen: set[str] = set()
+    for r in records:
+        if r.client_id is None:
+            inserted.append(r)
+        elif r.client_id in stored and r.client_id not in seen:
+            seen.add(r.client_id)
+            inserted.append(r)
+    return inserted
+
+
+def _row(r: Clean, received: Any) -> list[Any]:
+    return [r.client_id, r.user_id, r.mode, r.flag_key, r.latency_ms, r.tokens_used, r.success, r.patch_count,
+            r.failed_patches, connection.ops.adapt_datetimefield_value(r.occurred_at), received]
+
+
+def _insert_postgres(records: list[Clean], received_at: datetime) -> set[str]:
+    """COPY into a per-session staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+
+    A multi-row VALUES statement with thousands of parameters spends most of its time being parsed:
+    COPY was about ten times faster for a batch of 1,000 here.
+    """
+    table = connection.ops.quote_name(ExecutionRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS execution_staging AS SELECT {columns} FROM {table} "  # noqa: S608
+                       "WITH NO DATA")
+        with cursor.cursor.copy(f"COPY execution_staging ({columns}) FROM STDIN") as copy:
+            for r in records:
+                copy.write_row(_row(r, received_at))
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM execution_staging "  # noqa: S608
+                       f"ON CONFLICT DO NOTHING RETURNING {connection.ops.quote_name('client_id')}")
+        stored = {client_id for (client_id,) in cursor.fetchall() if client_id is not None}
+        cursor.execute("TRUNCATE execution_staging")
+    return stored
+
+
+def _insert_values(records: list[Clean], received_at: datetime) -> set[str]:
     table = connection.ops.quote_name(ExecutionRecord._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
     row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
     received = connection.ops.adapt_datetimefield_value(received_at)
-    inserted: list[Clean] = []
+    stored: set[str] = set()
     with connection.cursor() as cursor:
         for start in range(0, len(records), CHUNK):
             chunk = records[start : start + CHUNK]
             params: list[Any] = []
             for r in chunk:
-                params += [r.client_id, r.user_id, r.mode, r.flag_key, r.latency_ms, r.tokens_used, r.success,
-                           r.patch_count, r.failed_patches, connection.ops.adapt_datetimefield_value(r.occurred_at),
-                           received]
+                params += _row(r, received)
             # Only quoted identifiers and placeholders are formatted in; every value is a parameter.
             sql = (f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "  # noqa: S608
                    f"ON CONFLICT DO NOTHING RETURNING {connection.ops.quote_name('client_id')}")
             cursor.execute(sql, params)
-            stored = {client_id for (client_id,) in cursor.fetchall() if client_id is not None}
-            seen: set[str] = set()
-            for r in chunk:
-                if r.client_id is None:
-                    inserted.append(r)
-                elif r.client_id in stored and r.client_id not in seen:
-                    seen.add(r.client_id)
-                    inserted.append(r)
-    return inserted
+            stored |= {client_id for (client_id,) in cursor.fetchall() if client_id is not None}
+    return stored
 
 
 @dataclass
@@ -239,18 +272,19 @@ def _apply(groups: dict[tuple[int, str, str, datetime], _Acc]) -> None:
         match |= Q(resolution=resolution, flag_key=flag_key, mode=mode, bucket_start=start)
     # Locked in one order (by id) so that concurrent batches touching the same rows cannot deadlock.
     rows = list(Rollup.objects.select_for_update().filter(match).order_by("id"))
+    # A handful of rows per batch: one plain UPDATE each is far cheaper than bulk_update's CASE statements.
     for row in rows:
         acc = groups[(row.resolution, row.flag_key, row.mode, row.bucket_start)]
-        row.calls += acc.calls
-        row.successes += acc.successes
-        row.patches += acc.patches
-        row.failed_patches += acc.failed_patches
-        row.latency_sum += acc.latency_sum
-        row.tokens_sum += acc.tokens_sum
-        row.latency_hist = histogram.to_bytes(histogram.add(histogram.from_bytes(row.latency_hist), acc.hist))
-        row.users_hll = bytes(histogram.hll_merge(acc.hll, row.users_hll))
-    Rollup.objects.bulk_update(rows, ["calls", "successes", "patches", "failed_patches", "latency_sum",
-                                      "tokens_sum", "latency_hist", "users_hll"])
+        Rollup.objects.filter(pk=row.pk).update(
+            calls=row.calls + acc.calls,
+            successes=row.successes + acc.successes,
+            patches=row.patches + acc.patches,
+            failed_patches=row.failed_patches + acc.failed_patches,
+            latency_sum=row.latency_sum + acc.latency_sum,
+            tokens_sum=row.tokens_sum + acc.tokens_sum,
+            latency_hist=histogram.to_bytes(histogram.add(histogram.from_bytes(row.latency_hist), acc.hist)),
+            users_hll=bytes(histogram.hll_merge(acc.hll, row.users_hll)),
+        )
 
 
 @transaction.atomic
