@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,13 +63,42 @@ class BadJson(Exception):
     pass
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def parse_json(body: bytes) -> Any:
+    """JSON from a UTF-8 body; lone surrogates (which no UTF-8 text can hold) are refused like bad JSON."""
     if not body.strip():
         raise BadJson("the request body is empty; send a JSON object")
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        text = body.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise BadJson("the request body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
         raise BadJson(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    # Escaped surrogates are fine in pairs (an emoji); a lone one would fail later on encoding. Only
+    # bodies that contain such an escape at all are walked.
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise BadJson("the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string")
+    return data
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 # --- authentication ---------------------------------------------------------------------------------

@@ -200,6 +200,39 @@ def schema() -> dict[str, Any]:
                                *PAGE_PARAMS],
                 "responses": {"200": {"description": "A page of entries and next_cursor."}, **ERRORS},
             }},
+            "/api/v1/executions": {"post": {
+                "summary": "Ingest execution records, all or nothing, up to 5,000 per batch (scope ingest)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["records"], "properties": {"records": {
+                        "type": "array", "maxItems": 5000, "items": {
+                            "type": "object", "required": ["user_id", "mode", "latency_ms", "tokens_used", "success"],
+                            "properties": {
+                                "id": {"type": "string", "maxLength": 100,
+                                       "description": "makes a retried record count once"},
+                                "user_id": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "mode": {"type": "string", "description": "a slug: patch, single, ..."},
+                                "flag": {"type": "string"},
+                                "latency_ms": {"type": "number", "minimum": 0},
+                                "tokens_used": {"type": "integer", "minimum": 0},
+                                "success": {"type": "boolean"},
+                                "patch_count": {"type": "integer", "minimum": 0, "default": 0},
+                                "failed_patches": {"type": "integer", "minimum": 0, "default": 0},
+                                "occurred_at": {"type": "string", "format": "date-time",
+                                                "description": "default now; at most 5 minutes ahead"}}}}}}}}},
+                "responses": {"200": {"description": "received, accepted, duplicates"},
+                              **ERRORS, "400": _json(_ref("Error"), "Nothing was written: `errors` lists every bad "
+                                                                    "record's index, field and reason.")},
+            }},
+            "/api/v1/flags/{key}/metrics": {"get": {
+                "summary": "Metrics per mode over a window, from the rollups (scope manage)",
+                "parameters": [KEY_PARAM,
+                               {"name": "window", "in": "query", "schema": {"enum": ["15m", "1h", "24h", "7d"],
+                                                                            "default": "1h"}},
+                               {"name": "series", "in": "query", "schema": {"enum": ["0", "1"]},
+                                "description": "1 adds the chart series"}],
+                "responses": {"200": {"description": "summary per mode, token savings, success criteria"},
+                              "404": _json(_ref("Error"), "Unknown flag."), **ERRORS},
+            }},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                               "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },

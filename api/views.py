@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, ValidationError
@@ -26,6 +27,8 @@ from .routing import dispatch
 from .snapshot import ConfigUnavailable
 
 logger = logging.getLogger("rolloutadmin.api")
+# str.isdigit() accepts '²' and other digits int() refuses: only ASCII digits are numbers here.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def _req(request: HttpRequest) -> Req:
@@ -191,7 +194,7 @@ def _expected_version(req: Req, data: dict[str, Any], fields: dict[str, list[str
     value: Any = data.get("expected_version")
     if header:
         raw = header.removeprefix("W/").strip('"')
-        if not raw.isdigit():
+        if not _ASCII_DIGITS.fullmatch(raw) or len(raw) > 18:
             fields["If-Match"] = ["must be the flag's version number, e.g. If-Match: \"7\""]
             return None
         if value is not None and value != int(raw):
@@ -209,12 +212,12 @@ def _page(req: Req, fields: dict[str, list[str]], default: int = 100, maximum: i
     limit, cursor = default, None
     raw_limit, raw_cursor = req.param("limit"), req.param("cursor")
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= maximum:
+        if not _ASCII_DIGITS.fullmatch(raw_limit) or len(raw_limit) > 6 or not 1 <= int(raw_limit) <= maximum:
             fields["limit"] = [f"must be an integer from 1 to {maximum}"]
         else:
             limit = int(raw_limit)
     if raw_cursor is not None:
-        if not raw_cursor.isdigit():
+        if not _ASCII_DIGITS.fullmatch(raw_cursor) or len(raw_cursor) > 18:
             fields["cursor"] = ["must be the next_cursor of a previous page"]
         else:
             cursor = int(raw_cursor)
@@ -292,7 +295,13 @@ def _when(req: Req, name: str, fields: dict[str, list[str]]) -> datetime | None:
     if value is None:
         fields[name] = ["must be an ISO 8601 date-time, e.g. 2026-11-26T10:00:00Z"]
         return None
-    return make_aware(value) if is_naive(value) else value
+    try:
+        value = make_aware(value) if is_naive(value) else value
+        value.astimezone(UTC)  # the calendar's edges overflow once shifted to UTC
+    except (OverflowError, ValueError):
+        fields[name] = ["is outside the range of dates this API handles"]
+        return None
+    return value
 
 
 @api_view("manage", ("GET",))

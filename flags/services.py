@@ -128,6 +128,8 @@ def _clean_field(name: str, value: Any) -> Any:
         return value
     if not isinstance(value, str):
         raise ValidationError({name: "must be a string"})
+    if "\x00" in value:
+        raise ValidationError({name: "must not contain NUL characters"})
     if name == "name":
         value = value.strip()
         if not value or len(value) > 200:
@@ -170,6 +172,8 @@ def _audit(
 ) -> AuditEntry:
     if source not in Source.values:
         raise ValueError(f"unknown audit source {source!r}")
+    # Every service is atomic, so refusing here still undoes the change the entry would describe.
+    _check_text("reason", reason or "", 10_000)
     return AuditEntry.objects.create(
         actor_kind=actor.kind,
         actor=actor.name[:200],
@@ -182,6 +186,16 @@ def _audit(
         reason=(reason or "").strip(),
         flag_version=flag.version,
     )
+
+
+def _check_text(name: str, value: Any, max_length: int) -> None:
+    """Free text (reasons, notes): a string, not too long, and no NUL, which PostgreSQL cannot store."""
+    if not isinstance(value, str):
+        raise ValidationError({name: "must be a string"})
+    if len(value) > max_length:
+        raise ValidationError({name: f"must be at most {max_length:,} characters"})
+    if "\x00" in value:
+        raise ValidationError({name: "must not contain NUL characters"})
 
 
 def _lock(flag: Flag | str) -> Flag:
@@ -404,8 +418,7 @@ def override_add(
     """Put a user on the allow or deny list. Already there: nothing changes. On the other list: refused."""
     kind = _clean_kind(kind)
     user_id = _clean_user_id(user_id)
-    if not isinstance(note, str) or len(note) > 500:
-        raise ValidationError({"note": "must be a string of at most 500 characters"})
+    _check_text("note", note, 500)
     locked = _lock(flag)
     _check_version(locked, expected_version)
     existing = UserOverride.objects.filter(flag=locked, user_id=user_id).first()
@@ -446,8 +459,7 @@ def override_update(
     current = UserOverride.objects.select_for_update().get(pk=override.pk)
     new_kind = _clean_kind(kind) if kind is not None else current.kind
     new_note = note if note is not None else current.note
-    if not isinstance(new_note, str) or len(new_note) > 500:
-        raise ValidationError({"note": "must be a string of at most 500 characters"})
+    _check_text("note", new_note, 500)
     if (new_kind, new_note) == (current.kind, current.note):
         return current
     before = {"user_id": current.user_id, "kind": current.kind, "note": current.note}
@@ -616,6 +628,8 @@ def overrides_import(
     already on the other list are reported and left where they are, never moved silently.
     """
     kind = _clean_kind(kind)
+    _check_text("note", note, 500)
+    _check_text("reason", reason, 10_000)
     parsed = _parse_input(text, user_ids)
     report = _report_for("overrides_import", kind, parsed)
     locked = _lock(flag)

@@ -116,8 +116,9 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
     elif not isinstance(flag, str) or len(flag) > 100 or (flag and not SLUG.match(flag)):
         problems.append(("flag", "must be a flag key, or left out"))
     client_id = raw.get("id")
-    if client_id is not None and (not isinstance(client_id, str) or not client_id.strip() or len(client_id) > 100):
-        problems.append(("id", "must be a non-blank string of at most 100 characters, or left out"))
+    if client_id is not None and (not isinstance(client_id, str) or not client_id.strip() or len(client_id) > 100
+                                  or "\x00" in client_id):
+        problems.append(("id", "must be a non-blank string of at most 100 characters (no NUL), or left out"))
     occurred = now
     if raw.get("occurred_at") is not None:
         parsed = None
@@ -129,9 +130,13 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
         if parsed is None:
             problems.append(("occurred_at", "must be an ISO 8601 date-time such as 2026-11-26T10:00:00Z"))
         else:
-            occurred = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-            if occurred > now + MAX_FUTURE:
-                problems.append(("occurred_at", "is more than 5 minutes in the future"))
+            try:
+                occurred = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+            except (OverflowError, ValueError):
+                problems.append(("occurred_at", "is outside the range of dates this service handles"))
+            else:
+                if occurred > now + MAX_FUTURE:
+                    problems.append(("occurred_at", "is more than 5 minutes in the future"))
     if problems:
         return None, [RecordError(index, name, reason) for name, reason in problems]
     return Clean(client_id, user_id, mode, flag, float(latency), numbers["tokens_used"], success,  # type: ignore[arg-type]
