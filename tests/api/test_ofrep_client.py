@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def live(servers, flag, actor, make_key):
-    server = servers()
+    # Each test changes the flag and asks at once: check the config stamp on every request instead of
+    # every 250 ms (propagation timing has its own tests in test_live_servers.py).
+    server = servers(SNAPSHOT_CHECK_INTERVAL="0")
     tokens = {"evaluate": make_key("svc", "evaluate"), "ingest": make_key("ingest-only", "ingest")}
     return server, tokens
 
