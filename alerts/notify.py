@@ -32,8 +32,10 @@ def text(notification: Notification) -> str:
 def send(notification_id: int) -> None:
     """Deliver one notification; raise TemporaryFailure for the task to retry with back-off."""
     with transaction.atomic():
-        notification = (Notification.objects.select_for_update().select_related("alert__flag", "alert__rule")
-                        .get(pk=notification_id))
+        # Lock only the notification row: locking the joined alert and flag too would take them in the
+        # opposite order from a check of the same flag, and the two would deadlock.
+        notification = (Notification.objects.select_for_update(of=("self",))
+                        .select_related("alert__flag", "alert__rule").get(pk=notification_id))
         if notification.status == NotificationStatus.SENT:
             return  # a retried task after a success: idempotent
         notification.attempts += 1

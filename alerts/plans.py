@@ -22,8 +22,6 @@ from monitoring import selectors as metrics
 
 from .models import DEFAULT_STAGES, PlanStage, PlanState, RolloutPlan
 
-__all__ = ["RolloutPlan"]
-
 PLAN_ACTOR = Actor.system("rollout-plan")
 
 
@@ -179,8 +177,8 @@ def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
     info = {"stage": plan.current_stage + 1, "stages": len(stages), "percentage": stage.percentage,
             "ends_at": ends_at, "time_left": f"{hours // 24}d {hours % 24}h {minutes}m", "calls": calls,
             "error_rate": error_rate, "last_stage": last}
-    if calls < plan.min_samples:
-        info.update(decision="hold", why=f"{calls} of {plan.min_samples} treatment calls needed")
+    if calls < max(1, plan.min_samples) or error_rate is None:
+        info.update(decision="hold", why=f"{calls} of {max(1, plan.min_samples)} treatment calls needed")
     elif error_rate is not None and Decimal(str(error_rate)) > plan.rollback_above:
         info.update(decision="rollback", why=f"error rate {error_rate}% > {plan.rollback_above}%")
     elif now < ends_at:
@@ -225,8 +223,12 @@ def tick(plan_id: int, *, now: datetime | None = None, dry_run: bool = False) ->
         return info
 
 
-def tick_all(*, now: datetime | None = None, dry_run: bool = False) -> dict[int, dict[str, Any]]:
-    ids = list(RolloutPlan.objects.filter(state=PlanState.RUNNING).values_list("id", flat=True))
+def tick_all(*, now: datetime | None = None, dry_run: bool = False,
+             flag_key: str | None = None) -> dict[int, dict[str, Any]]:
+    running = RolloutPlan.objects.filter(state=PlanState.RUNNING)
+    if flag_key is not None:
+        running = running.filter(flag__key=flag_key)
+    ids = list(running.values_list("id", flat=True))
     return {plan_id: tick(plan_id, now=now, dry_run=dry_run) for plan_id in ids}
 
 

@@ -81,7 +81,7 @@ def measure(rule: AlertRule, flag: Flag, now: datetime, cache: dict[int, dict[st
     summary = cache[rule.window_minutes]
     treatment = summary["modes"][flag.treatment_mode]
     baseline = summary["modes"][flag.baseline_mode]
-    needed = rule.min_samples
+    needed = max(1, rule.min_samples)  # with no calls there is nothing to judge, whatever the rule says
     if treatment["total_calls"] < needed:
         return RuleResult(rule, NO_DATA, None, f"{treatment['total_calls']} {flag.treatment_mode} call(s) in "
                                                  f"{rule.window_minutes} min, {needed} needed")
@@ -99,6 +99,8 @@ def measure(rule: AlertRule, flag: Flag, now: datetime, cache: dict[int, dict[st
         if not baseline[key]:
             return RuleResult(rule, NO_DATA, None, f"baseline {key} is 0: nothing to compare with")
         raw, unit = treatment[key] / baseline[key], "x baseline"
+    if raw is None:
+        return RuleResult(rule, NO_DATA, None, f"no {rule.metric} in {rule.window_minutes} min")
     value = Decimal(str(round(raw, 3)))
     verdict = FIRING if _compare(value, rule.comparison, rule.threshold) else OK
     fires_when = f"{rule.get_comparison_display()} {rule.threshold.normalize()} fires"

@@ -50,6 +50,12 @@ class Totals:
             self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
             histogram.hll_merge(self.hll, row["users_hll"])
 
+    def avg_tokens(self) -> float | None:
+        return self.tokens_sum / self.calls if self.calls else None
+
+    def avg_latency(self) -> float | None:
+        return self.latency_sum / self.calls if self.calls else None
+
     def stats(self) -> dict[str, Any]:
         calls = self.calls
         failures = calls - self.successes
@@ -77,6 +83,13 @@ def _pct(part: float, whole: float) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
+
+
+def _relative(treatment: float | None, baseline: float | None) -> float | None:
+    """How far the treatment is from the baseline, in percent of the baseline."""
+    if treatment is None or not baseline:
+        return None
+    return round((treatment - baseline) / baseline * 100, 2)
 
 
 def token_savings(treatment_avg: float | None, baseline_avg: float | None) -> float | None:
@@ -131,7 +144,7 @@ def summary_between(flag: Flag, start: datetime, end: datetime) -> dict[str, Any
     for row in rows:
         totals[row["mode"]].add(row)
     modes = {mode: t.stats() for mode, t in totals.items()}
-    treatment, baseline = modes[flag.treatment_mode], modes[flag.baseline_mode]
+    treatment, baseline = totals[flag.treatment_mode], totals[flag.baseline_mode]
     return {
         "flag": flag.key,
         "from": start.isoformat(),
@@ -139,7 +152,9 @@ def summary_between(flag: Flag, start: datetime, end: datetime) -> dict[str, Any
         "treatment_mode": flag.treatment_mode,
         "baseline_mode": flag.baseline_mode,
         "modes": modes,
-        "token_savings_percent": token_savings(treatment["avg_tokens_per_call"], baseline["avg_tokens_per_call"]),
+        # From the exact averages, not the rounded ones shown per mode.
+        "token_savings_percent": token_savings(treatment.avg_tokens(), baseline.avg_tokens()),
+        "latency_vs_baseline_percent": _relative(treatment.avg_latency(), baseline.avg_latency()),
         "unique_users_error": HLL_ERROR,
     }
 
@@ -170,20 +185,19 @@ def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None
             "avg_tokens_per_call": [s["avg_tokens_per_call"] if s else None for s in stats],
             "calls": [s["total_calls"] if s else 0 for s in stats],
         }
-    treatment = out["modes"][flag.treatment_mode]["avg_tokens_per_call"]
-    baseline = out["modes"][flag.baseline_mode]["avg_tokens_per_call"]
-    out["token_savings"] = [token_savings(t, b) for t, b in zip(treatment, baseline, strict=True)]
+    empty = Totals()
+    out["token_savings"] = [
+        token_savings(per[flag.treatment_mode].get(b, empty).avg_tokens(),
+                      per[flag.baseline_mode].get(b, empty).avg_tokens())
+        for b in buckets
+    ]
     return out
 
 
 # The seed's success metrics, judged on the window's numbers.
 def success_criteria(data: dict[str, Any]) -> list[dict[str, Any]]:
     treatment = data["modes"][data["treatment_mode"]]
-    baseline = data["modes"][data["baseline_mode"]]
-    latency_delta = None
-    if treatment["avg_latency_ms"] is not None and baseline["avg_latency_ms"]:
-        latency_delta = round((treatment["avg_latency_ms"] - baseline["avg_latency_ms"]) / baseline["avg_latency_ms"]
-                              * 100, 2)
+    latency_delta = data["latency_vs_baseline_percent"]
 
     def verdict(value: float | None, ok: bool) -> str:
         return "no data" if value is None else ("met" if ok else "not met")

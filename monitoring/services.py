@@ -28,7 +28,10 @@ MAX_FUTURE = timedelta(minutes=5)
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 FIELDS = {"id", "user_id", "mode", "latency_ms", "tokens_used", "success", "patch_count", "failed_patches", "flag",
           "occurred_at"}
-MAX_INT = 2**53
+# Per record: far beyond any real call, and small enough that a rollup's 64-bit sums cannot overflow and
+# the 32-bit patch columns always fit.
+MAX_TOKENS = 10**9
+MAX_PATCHES = 10**6
 
 
 @dataclass
@@ -69,14 +72,22 @@ class Clean:
     occurred_at: datetime
 
 
-def _int(value: Any, name: str, errors: list[str]) -> int:
+def _int(value: Any, name: str, errors: list[str], maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         errors.append(f"{name}: must be a whole number >= 0")
         return 0
-    if not 0 <= value < MAX_INT:
-        errors.append(f"{name}: must be between 0 and 2**53")
+    if not 0 <= value <= maximum:
+        errors.append(f"{name}: must be between 0 and {maximum:,}")
         return 0
     return value
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no database or hash can take it
+        return False
+    return True
 
 
 def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[RecordError]]:
@@ -86,7 +97,8 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
     for name in sorted(set(raw) - FIELDS):
         problems.append((name, "unknown field"))
     user_id = raw.get("user_id")
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id:
+    if (not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id
+            or not _utf8(user_id)):
         problems.append(("user_id", "required: a non-blank string of at most 255 characters"))
     mode = raw.get("mode")
     if not isinstance(mode, str) or len(mode) > 50 or not SLUG.match(mode):
@@ -96,14 +108,15 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
             or latency < 0 or latency > 1e9:
         problems.append(("latency_ms", "required: a number >= 0"))
     numbers: dict[str, int] = {}
-    for name, required in (("tokens_used", True), ("patch_count", False), ("failed_patches", False)):
+    for name, required, maximum in (("tokens_used", True, MAX_TOKENS), ("patch_count", False, MAX_PATCHES),
+                                    ("failed_patches", False, MAX_PATCHES)):
         if name not in raw:
             if required:
                 problems.append((name, "required: a whole number >= 0"))
             numbers[name] = 0
             continue
         messages: list[str] = []
-        numbers[name] = _int(raw[name], name, messages)
+        numbers[name] = _int(raw[name], name, messages, maximum)
         problems += [(name, m.split(": ", 1)[1]) for m in messages]
     if numbers.get("failed_patches", 0) > numbers.get("patch_count", 0):
         problems.append(("failed_patches", "must not exceed patch_count"))
@@ -117,7 +130,7 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
         problems.append(("flag", "must be a flag key, or left out"))
     client_id = raw.get("id")
     if client_id is not None and (not isinstance(client_id, str) or not client_id.strip() or len(client_id) > 100
-                                  or "\x00" in client_id):
+                                  or "\x00" in client_id or not _utf8(client_id)):
         problems.append(("id", "must be a non-blank string of at most 100 characters (no NUL), or left out"))
     occurred = now
     if raw.get("occurred_at") is not None:
@@ -272,11 +285,15 @@ def _apply(groups: dict[tuple[int, str, str, datetime], _Acc]) -> None:
         [Rollup(resolution=k[0], flag_key=k[1], mode=k[2], bucket_start=k[3]) for k in keys],
         ignore_conflicts=True,
     )
-    match = Q()
-    for resolution, flag_key, mode, start in keys:
-        match |= Q(resolution=resolution, flag_key=flag_key, mode=mode, bucket_start=start)
-    # Locked in one order (by id) so that concurrent batches touching the same rows cannot deadlock.
-    rows = list(Rollup.objects.select_for_update().filter(match).order_by("id"))
+    # Locked in one order (the sorted keys, in chunks: SQLite limits a query's expression depth) so that
+    # concurrent batches touching the same rows cannot deadlock.
+    rows = []
+    for start_index in range(0, len(keys), 200):
+        match = Q()
+        for resolution, flag_key, mode, start in keys[start_index : start_index + 200]:
+            match |= Q(resolution=resolution, flag_key=flag_key, mode=mode, bucket_start=start)
+        rows += Rollup.objects.select_for_update().filter(match).order_by("resolution", "flag_key", "mode",
+                                                                          "bucket_start")
     # A handful of rows per batch: one plain UPDATE each is far cheaper than bulk_update's CASE statements.
     for row in rows:
         acc = groups[(row.resolution, row.flag_key, row.mode, row.bucket_start)]

@@ -29,8 +29,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  [{result.state:>7}] {result.rule.name}: {result.detail}")
                 for action in result.actions:
                     self.stdout.write(f"            {verb}: {action}")
-        for plan_id, info in plans.tick_all(dry_run=dry).items():
-            if key is None or plans.RolloutPlan.objects.filter(pk=plan_id, flag__key=key).exists():
-                self.stdout.write(f"plan {plan_id}: {verb} {info.get('decision')}: {info.get('why', '')}")
+        for plan_id, info in plans.tick_all(dry_run=dry, flag_key=key).items():
+            self.stdout.write(f"plan {plan_id}: {verb} {info.get('decision')}: {info.get('why', '')}")
         if dry:
             self.stdout.write("Dry run: nothing was changed and nothing was sent.")

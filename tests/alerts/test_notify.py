@@ -1,0 +1,337 @@
+"""Notifications: a Slack-compatible webhook POST to a real local HTTP server, and email to ALERT_EMAILS."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core import mail
+from django.db import connection, connections, transaction
+
+from alerts import notify, tasks
+from alerts import services as alert_services
+from alerts.models import Alert, Notification, NotificationStatus
+from flags import services
+from flags.actors import Actor
+from flags.models import Flag, Source
+from tests.alerts import feed, minute_ago
+
+pytestmark = pytest.mark.django_db
+
+ERROR_RULE = "Patch Mode error rate above 5%"
+
+
+class Hook(BaseHTTPRequestHandler):
+    """Records every POST on its server and answers with the server's chosen status, after its delay."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),  # type: ignore[attr-defined]
+                                     "body": json.loads(body)})
+        time.sleep(self.server.delay)  # type: ignore[attr-defined]
+        try:
+            self.send_response(self.server.status)  # type: ignore[attr-defined]
+            self.end_headers()
+            self.wfile.write(b"ok")
+        except OSError:
+            pass  # the client gave up waiting (the timeout test)
+
+    def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """start(status=200, delay=0) -> (server, url): a real HTTP server on 127.0.0.1 in a thread."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(status: int = 200, delay: float = 0.0) -> tuple[ThreadingHTTPServer, str]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        server.block_on_close = False
+        server.received, server.status, server.delay = [], status, delay  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server, f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hooks/alerts"
+
+
+def fire(flag: Flag, *, rollout: int | None = None) -> Alert:
+    """Open the error-rate alert of the flag (20% errors), optionally from a rollout the cap reduces."""
+    if rollout is not None:
+        services.flag_set_rollout(flag=flag, percentage=rollout, enabled=True, actor=Actor.system("t"),
+                                  source=Source.UI)
+    t = minute_ago()
+    feed(calls=20, failures=4, at=t)
+    alert_services.check_flag(flag.key, now=t)
+    return Alert.objects.get(flag=flag, rule__name=ERROR_RULE)
+
+
+def only(alert: Alert, channel: str, event: str = "firing") -> Notification:
+    return Notification.objects.get(alert=alert, channel=channel, event=event)
+
+
+@pytest.fixture
+def webhook_only(settings):
+    def configure(url: str):
+        settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = [], url
+        return settings
+
+    return configure
+
+
+# --- webhook --------------------------------------------------------------------------------------------
+
+
+def test_the_webhook_receives_a_slack_compatible_json_body_with_text(flag, webhook, webhook_only):
+    server, url = webhook()
+    webhook_only(url)
+    alert = fire(flag, rollout=80)
+    notification = only(alert, "webhook")
+    assert notification.status == NotificationStatus.PENDING and notification.attempts == 0
+    notify.send(notification.pk)
+    (request,) = server.received
+    assert request["path"] == "/hooks/alerts" and request["content_type"] == "application/json"
+    body = request["body"]
+    assert isinstance(body["text"], str)
+    assert "[CRITICAL] patch_mode_enabled: Patch Mode error rate above 5% firing" in body["text"]
+    assert alert.message in body["text"]
+    assert "Actions: rollout reduced from 80.00% to 50" in body["text"]
+    assert body["alert"] == {"id": alert.pk, "event": "firing", "flag": "patch_mode_enabled", "rule": ERROR_RULE,
+                             "severity": "critical", "value": str(alert.value)}
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 1
+    assert notification.sent_at is not None and notification.last_error == ""
+
+
+def test_a_resolved_notification_says_resolved(flag, webhook, webhook_only):
+    server, url = webhook()
+    webhook_only(url)
+    alert = fire(flag)
+    t = alert.last_checked_at
+    feed(calls=20, at=t + timedelta(minutes=20))
+    alert_services.check_flag(flag.key, now=t + timedelta(minutes=21))
+    notify.send(only(alert, "webhook", "resolved").pk)
+    (request,) = server.received
+    assert request["body"]["alert"]["event"] == "resolved"
+    first_line = request["body"]["text"].splitlines()[0]
+    assert first_line.endswith("resolved") and ":white_check_mark:" in first_line
+
+
+def test_a_webhook_answering_500_marks_the_notification_failed_and_raises_temporary_failure(
+        flag, webhook, webhook_only):
+    server, url = webhook(status=500)
+    webhook_only(url)
+    notification = only(fire(flag), "webhook")
+    with pytest.raises(notify.TemporaryFailure):
+        notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED and notification.attempts == 1
+    assert "500" in notification.last_error and notification.sent_at is None
+    assert len(server.received) == 1
+
+    with pytest.raises(notify.TemporaryFailure):
+        notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert notification.attempts == 2 and notification.status == NotificationStatus.FAILED
+
+
+def test_a_failed_notification_is_sent_when_the_webhook_recovers(flag, webhook, webhook_only):
+    server, url = webhook(status=503)
+    webhook_only(url)
+    notification = only(fire(flag), "webhook")
+    with pytest.raises(notify.TemporaryFailure):
+        notify.send(notification.pk)
+    server.status = 200  # type: ignore[attr-defined]
+    notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 2
+    assert notification.last_error == "" and len(server.received) == 2
+
+
+def test_a_closed_port_marks_the_notification_failed(flag, webhook_only):
+    webhook_only(closed_port_url())
+    notification = only(fire(flag), "webhook")
+    with pytest.raises(notify.TemporaryFailure) as caught:
+        notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED and notification.attempts == 1
+    assert "URLError" in notification.last_error and str(caught.value) == notification.last_error
+
+
+def test_a_webhook_slower_than_the_timeout_marks_the_notification_failed(flag, webhook, webhook_only, settings):
+    _server, url = webhook(delay=1.0)
+    webhook_only(url)
+    settings.ALERT_WEBHOOK_TIMEOUT = 0.2
+    notification = only(fire(flag), "webhook")
+    started = time.monotonic()
+    with pytest.raises(notify.TemporaryFailure):
+        notify.send(notification.pk)
+    assert time.monotonic() - started < 0.9
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED and "timed out" in notification.last_error.lower()
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/hook", "127.0.0.1:8000/hook"])
+def test_a_webhook_url_that_is_not_http_is_refused(flag, webhook_only, url):
+    webhook_only(url)
+    notification = only(fire(flag), "webhook")
+    with pytest.raises(notify.TemporaryFailure):
+        notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED
+    assert "must be an http(s) URL" in notification.last_error
+
+
+def test_a_sent_webhook_notification_is_not_sent_again(flag, webhook, webhook_only):
+    server, url = webhook()
+    webhook_only(url)
+    notification = only(fire(flag), "webhook")
+    notify.send(notification.pk)
+    notification.refresh_from_db()
+    sent_at = notification.sent_at
+    notify.send(notification.pk)
+    notification.refresh_from_db()
+    assert len(server.received) == 1
+    assert notification.attempts == 1 and notification.sent_at == sent_at
+
+
+# --- email ----------------------------------------------------------------------------------------------
+
+
+def test_email_goes_to_every_address_in_alert_emails(flag, settings):
+    settings.ALERT_EMAILS = ["ops@example.com", "oncall@example.com"]
+    settings.ALERT_WEBHOOK_URL = ""
+    alert = fire(flag, rollout=80)
+    notification = only(alert, "email")
+    notify.send(notification.pk)
+    (message,) = mail.outbox
+    assert message.to == ["ops@example.com", "oncall@example.com"]
+    assert message.subject.endswith("[CRITICAL] patch_mode_enabled: Patch Mode error rate above 5% firing")
+    assert alert.message in message.body and "Actions: rollout reduced from 80.00% to 50" in message.body
+    assert message.from_email == settings.DEFAULT_FROM_EMAIL
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 1
+
+
+def test_a_sent_email_notification_is_not_sent_again(flag, settings):
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], ""
+    notification = only(fire(flag), "email")
+    notify.send(notification.pk)
+    notify.send(notification.pk)
+    assert len(mail.outbox) == 1
+    notification.refresh_from_db()
+    assert notification.attempts == 1
+
+
+# --- through Celery (eager) -------------------------------------------------------------------------------
+
+
+def test_a_check_delivers_its_notifications_after_commit_through_the_celery_task(
+        flag, webhook, settings, django_capture_on_commit_callbacks):
+    server, url = webhook()
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], url
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    t = minute_ago()
+    feed(calls=20, failures=4, at=t)  # fires the error-rate and the success-rate rules
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        alert_services.check_flag(flag.key, now=t)
+    assert server.received == [] and mail.outbox == []  # nothing goes out before the check commits
+    for callback in callbacks:
+        callback()
+    rules = sorted(request["body"]["alert"]["rule"] for request in server.received)
+    assert rules == [ERROR_RULE, "Success rate below 95%"]
+    assert sorted(m.subject.rsplit(": ", 1)[1] for m in mail.outbox) == [
+        "Patch Mode error rate above 5% firing", "Success rate below 95% firing"]
+    assert set(Notification.objects.values_list("status", flat=True)) == {NotificationStatus.SENT}
+    assert Notification.objects.count() == 4
+
+
+def test_the_task_retries_a_failing_webhook_then_gives_up_failed(flag, webhook, webhook_only, settings):
+    server, url = webhook(status=500)
+    webhook_only(url)
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    notification = only(fire(flag), "webhook")
+    result = tasks.send_notification.apply(args=(notification.pk,))
+    assert result.failed() and isinstance(result.result, notify.TemporaryFailure)
+    notification.refresh_from_db()
+    expected = 1 + tasks.send_notification.max_retries
+    assert notification.attempts == expected and len(server.received) == expected
+    assert notification.status == NotificationStatus.FAILED
+
+
+# --- locking ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sending_a_notification_while_a_check_of_its_flag_runs_does_not_deadlock(flag, settings, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL: run with DATABASE_URL=postgres://...")
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], ""
+    monkeypatch.setattr(alert_services, "_enqueue", lambda pk: None)  # the test sends by hand below
+    alert = fire(flag)
+    notification = only(alert, "email")
+    flag_locked, sent, errors = threading.Event(), threading.Event(), []
+
+    def check() -> None:
+        """The beat's check of the same flag: holds the flag's row lock while it measures, then updates the
+        open alert."""
+        try:
+            with transaction.atomic():
+                Flag.objects.select_for_update().get(pk=flag.pk)
+                flag_locked.set()
+                wait_for_a_blocked_lock(unless=sent)
+                alert_services.check_flag(flag.key, now=alert.last_checked_at + timedelta(minutes=1))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def send() -> None:
+        try:
+            flag_locked.wait(timeout=10)
+            notify.send(notification.pk)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            sent.set()
+            connections.close_all()
+
+    threads = [threading.Thread(target=check), threading.Thread(target=send)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and len(mail.outbox) == 1
+
+
+def wait_for_a_blocked_lock(*, unless: threading.Event, timeout: float = 10.0) -> None:
+    """Until another session waits for a lock (the sender, on the flag row) or `unless` is set (it finished)."""
+    deadline = time.monotonic() + timeout
+    watcher = connections.create_connection("default")
+    try:
+        with watcher.cursor() as cursor:
+            while time.monotonic() < deadline and not unless.is_set():
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cursor.fetchone()[0]:
+                    return
+                time.sleep(0.02)
+    finally:
+        watcher.close()
