@@ -6,12 +6,13 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
+from flags import selectors
 from flags.actors import Actor
 from flags.models import Flag
 from flags.views import can_manage, viewer_required
@@ -21,7 +22,10 @@ from .models import OPEN_STATES, Alert, AlertState, PlanState, RolloutPlan, Seve
 
 
 def _flag(key: str) -> Flag:
-    return get_object_or_404(Flag, key=key)
+    flag = selectors.flag_get(key)
+    if flag is None:
+        raise Http404(f"no flag {key!r}")
+    return flag
 
 
 def _alerts_panel(request: HttpRequest, flag: Flag, **extra: Any) -> HttpResponse:
@@ -109,7 +113,8 @@ def history(request: HttpRequest) -> HttpResponse:
     alerts = Alert.objects.select_related("rule", "flag").order_by("-opened_at", "-id")
     filters = {name: request.GET.get(name, "") for name in ("flag", "state", "severity")}
     if filters["flag"]:
-        alerts = alerts.filter(flag__key=filters["flag"])
+        flag = selectors.flag_get(filters["flag"])
+        alerts = alerts.filter(flag=flag) if flag else alerts.none()
     if filters["state"] in AlertState.values:
         alerts = alerts.filter(state=filters["state"])
     if filters["severity"] in Severity.values:

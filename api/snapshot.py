@@ -57,6 +57,13 @@ def _load() -> Snapshot:
     return Snapshot(stamp=stamp, flags=flags, keys=keys)
 
 
+def _refresh_connection() -> None:
+    # Drop a connection past its age or broken, as Django does between requests. Never inside a
+    # transaction: there Django would see autocommit off and close the caller's own connection.
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
 def _forget_connection() -> None:
     # A failed query can leave the connection unusable; drop it so the next check reconnects.
     with contextlib.suppress(Exception):  # closing a broken connection may fail too
@@ -112,7 +119,7 @@ class SnapshotStore:
             return snap  # type: ignore[return-value]
         if force or stamp > snap.stamp:  # type: ignore[operator, union-attr]
             try:
-                close_old_connections()
+                _refresh_connection()
                 fresh = _load()
             except DatabaseError as exc:
                 _forget_connection()
@@ -139,7 +146,7 @@ class SnapshotStore:
             if cached is not None and now < self._next_db_check:
                 return int(cached)
         try:
-            close_old_connections()
+            _refresh_connection()
             from_db = publish.stamp_from_db()
         except DatabaseError as exc:
             _forget_connection()

@@ -11,6 +11,9 @@ from .models import AuditEntry, Flag, OverrideKind, UserOverride
 
 
 def flag_get(key: str) -> Flag | None:
+    # Keys come from URLs: one that cannot be a key (NUL, which PostgreSQL refuses) is simply unknown.
+    if not isinstance(key, str) or not key or len(key) > 100 or "\x00" in key:
+        return None
     return Flag.objects.filter(key=key).first()
 
 

@@ -82,6 +82,13 @@ def _int(value: Any, name: str, errors: list[str], maximum: int) -> int:
     return value
 
 
+def _in_range(value: float, low: float, high: float) -> bool:
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an integer of thousands of digits does not fit a float
+        return False
+
+
 def _utf8(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -104,9 +111,8 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
     if not isinstance(mode, str) or len(mode) > 50 or not SLUG.match(mode):
         problems.append(("mode", "required: a slug such as patch or single (lowercase, digits, _ and -)"))
     latency = raw.get("latency_ms")
-    if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency) \
-            or latency < 0 or latency > 1e9:
-        problems.append(("latency_ms", "required: a number >= 0"))
+    if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not _in_range(latency, 0, 1e9):
+        problems.append(("latency_ms", "required: a number from 0 to 1,000,000,000"))
     numbers: dict[str, int] = {}
     for name, required, maximum in (("tokens_used", True, MAX_TOKENS), ("patch_count", False, MAX_PATCHES),
                                     ("failed_patches", False, MAX_PATCHES)):
