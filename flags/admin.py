@@ -48,17 +48,7 @@ class FlagAdminForm(forms.ModelForm):
 
     class Meta:
         model = Flag
-        fields = [
-            "key",
-            "name",
-            "description",
-            "enabled",
-            "rollout_percentage",
-            "bucketing",
-            "salt",
-            "treatment_mode",
-            "baseline_mode",
-        ]
+        fields = ["key", *services.EDITABLE_FIELDS]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

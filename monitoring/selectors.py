@@ -30,6 +30,8 @@ HLL_ERROR = "±3.3% (HyperLogLog, 1,024 registers)"
 
 @dataclass
 class Totals:
+    """Counts, sums, latency histogram and user sketch of some calls: a rollup row, or many merged."""
+
     calls: int = 0
     successes: int = 0
     patches: int = 0
@@ -39,16 +41,16 @@ class Totals:
     hist: list[int] = field(default_factory=histogram.empty)
     hll: bytearray = field(default_factory=histogram.hll_empty)
 
-    def add(self, row: dict[str, Any], with_sketches: bool = True) -> None:
+    def add(self, row: dict[str, Any]) -> None:
+        """Fold in one rollup row (as a values() dict): sums add, histograms add, sketches merge."""
         self.calls += row["calls"]
         self.successes += row["successes"]
         self.patches += row["patches"]
         self.failed_patches += row["failed_patches"]
         self.latency_sum += row["latency_sum"]
         self.tokens_sum += row["tokens_sum"]
-        if with_sketches:
-            self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
-            histogram.hll_merge(self.hll, row["users_hll"])
+        self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
+        histogram.hll_merge(self.hll, row["users_hll"])
 
     def avg_tokens(self) -> float | None:
         return self.tokens_sum / self.calls if self.calls else None

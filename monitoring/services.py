@@ -22,6 +22,7 @@ from django.utils.dateparse import parse_datetime
 
 from . import histogram
 from .models import ExecutionRecord, Rollup
+from .selectors import Totals
 
 MAX_RECORDS = 5000
 MAX_FUTURE = timedelta(minutes=5)
@@ -251,20 +252,8 @@ def _insert_values(records: list[Clean], received_at: datetime) -> set[str]:
     return stored
 
 
-@dataclass
-class _Acc:
-    calls: int = 0
-    successes: int = 0
-    patches: int = 0
-    failed_patches: int = 0
-    latency_sum: float = 0.0
-    tokens_sum: int = 0
-    hist: list[int] = field(default_factory=histogram.empty)
-    hll: bytearray = field(default_factory=histogram.hll_empty)
-
-
-def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime], _Acc]:
-    groups: dict[tuple[int, str, str, datetime], _Acc] = defaultdict(_Acc)
+def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime], Totals]:
+    groups: dict[tuple[int, str, str, datetime], Totals] = defaultdict(Totals)
     for r in records:
         minute = r.occurred_at.replace(second=0, microsecond=0)
         slot = histogram.slot_for(r.latency_ms)
@@ -283,7 +272,7 @@ def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime],
     return groups
 
 
-def _apply(groups: dict[tuple[int, str, str, datetime], _Acc]) -> None:
+def _apply(groups: dict[tuple[int, str, str, datetime], Totals]) -> None:
     if not groups:
         return
     keys = sorted(groups)
