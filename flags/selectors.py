@@ -10,9 +10,13 @@ from . import evaluation
 from .models import AuditEntry, Flag, OverrideKind, UserOverride
 
 
+def possible_key(key: object) -> bool:
+    """Keys come from URLs and bodies: one that cannot be a key (NUL, which PostgreSQL refuses) is unknown."""
+    return isinstance(key, str) and 0 < len(key) <= 100 and "\x00" not in key
+
+
 def flag_get(key: str) -> Flag | None:
-    # Keys come from URLs: one that cannot be a key (NUL, which PostgreSQL refuses) is simply unknown.
-    if not isinstance(key, str) or not key or len(key) > 100 or "\x00" in key:
+    if not possible_key(key):
         return None
     return Flag.objects.filter(key=key).first()
 

@@ -200,6 +200,8 @@ def _check_text(name: str, value: Any, max_length: int) -> None:
 
 def _lock(flag: Flag | str) -> Flag:
     key = flag.key if isinstance(flag, Flag) else flag
+    if not selectors.possible_key(key):
+        raise FlagNotFound(str(key)[:100])
     try:
         return Flag.objects.select_for_update().get(key=key)
     except Flag.DoesNotExist:
