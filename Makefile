@@ -18,7 +18,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
 	DEBUG=$${DEBUG:-1} $(PY) manage.py bootstrap
-	@echo "rolloutadmin: http://127.0.0.1:8000  (admin at /admin/; Ctrl-C stops web, worker and beat)"
+	@echo "rolloutadmin: http://127.0.0.1:8000 (log in as admin; Django admin at /admin/). Ctrl-C stops web, worker and beat."
 	DEBUG=$${DEBUG:-1} $(VENV)/bin/honcho start -f Procfile
 
 # make run plus a traffic simulator: a living dashboard in one command. The first time, it turns Patch
