@@ -112,40 +112,41 @@ def _actor(rule: AlertRule) -> Actor:
     return Actor.system(f"alert-rule:{rule.pk} {rule.name}")
 
 
-def _in_cooldown(alert: Alert | None, rule: AlertRule, now: datetime) -> bool:
-    last = None
-    for past in Alert.objects.filter(rule=rule).exclude(actions_taken=[]).order_by("-opened_at")[:1]:
-        if past.actions_taken:
-            last = max(datetime.fromisoformat(a["at"]) for a in past.actions_taken)
-    return last is not None and now - last < timedelta(minutes=rule.cooldown_minutes)
+def _in_cooldown(rule: AlertRule, now: datetime) -> bool:
+    """The rule took an action less than its cooldown ago (in this episode or an earlier one)."""
+    latest = Alert.objects.filter(rule=rule).exclude(actions_taken=[]).order_by("-opened_at").first()
+    if latest is None:
+        return False
+    last = max(datetime.fromisoformat(step["at"]) for step in latest.actions_taken)
+    return now - last < timedelta(minutes=rule.cooldown_minutes)
 
 
-def _remediate(rule: AlertRule, flag: Flag, result: RuleResult, *, dry_run: bool) -> list[str]:
-    """The rule's action, only ever reducing exposure. Returns what it did (or would do)."""
+def _remediate(rule: AlertRule, flag: Flag, result: RuleResult, *, dry_run: bool) -> tuple[list[str], bool]:
+    """The rule's action, only ever reducing exposure: what it did (or would do), and whether it acted."""
     actor, reason = _actor(rule), f"alert: {result.detail}"
     if rule.action == Action.NOTIFY:
-        return []
+        return [], False
     if rule.action in (Action.CAP_ROLLOUT, Action.ROLLBACK):
         cap = Decimal(0) if rule.action == Action.ROLLBACK else Decimal(rule.action_value or 0)
         if flag.rollout_percentage <= cap:
-            return [f"rollout already at {flag.rollout_percentage}% (cap {cap}%): nothing to reduce"]
+            return [f"rollout already at {flag.rollout_percentage}% (cap {cap}%): nothing to reduce"], False
         if not dry_run:
             flag_services.flag_update(flag=flag, rollout_percentage=cap, only_reduce=True, actor=actor,
                                       source=Source.ALERT, reason=reason)
-        return [f"rollout reduced from {flag.rollout_percentage}% to {cap}%"]
+        return [f"rollout reduced from {flag.rollout_percentage}% to {cap}%"], True
     if rule.action == Action.DISABLE:
         if not flag.enabled:
-            return ["flag already disabled"]
+            return ["flag already disabled"], False
         if not dry_run:
             flag_services.flag_update(flag=flag, enabled=False, only_reduce=True, actor=actor, source=Source.ALERT,
                                       reason=reason)
-        return ["flag disabled (kill switch)"]
+        return ["flag disabled (kill switch)"], True
     if rule.action == Action.PAUSE_PLAN:
         from .plans import pause_running_plan
 
         paused = pause_running_plan(flag, actor=actor, source=Source.ALERT, reason=reason, dry_run=dry_run)
-        return ["rollout plan paused"] if paused else ["no running plan to pause"]
-    return []  # pragma: no cover - choices are closed
+        return (["rollout plan paused"], True) if paused else (["no running plan to pause"], False)
+    return [], False  # pragma: no cover - choices are closed
 
 
 def _notify(alert: Alert, event: str) -> None:
@@ -200,13 +201,12 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
         else:
             alert.value, alert.message, alert.last_checked_at = result.value, result.detail, now
         if rule.action != Action.NOTIFY:
-            if _in_cooldown(alert, rule, now):
+            if _in_cooldown(rule, now):
                 result.actions.append(f"in cooldown ({rule.cooldown_minutes} min since the last action): no action")
             else:
-                done = _remediate(rule, flag, result, dry_run=dry_run)
+                done, acted = _remediate(rule, flag, result, dry_run=dry_run)
                 result.actions += done
-                acted = bool(done)
-                if done and not dry_run and not done[0].startswith(("rollout already", "flag already", "no running")):
+                if acted and not dry_run:
                     alert.actions_taken = [*alert.actions_taken, {"at": now.isoformat(), "what": done}]
         alert.save()
     elif result.state == OK and alert is not None:
