@@ -167,7 +167,8 @@ def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
     stage = stages[plan.current_stage]
     started = plan.stage_started_at or now
     summary = metrics.summary_between(plan.flag, started.replace(second=0, microsecond=0),
-                                      now.replace(second=0, microsecond=0) + timedelta(minutes=1))
+                                      now.replace(second=0, microsecond=0) + timedelta(minutes=1),
+                                      unique_users=False)
     treatment = summary["modes"][plan.flag.treatment_mode]
     calls, error_rate = treatment["total_calls"], treatment["error_rate"]
     ends_at = started + timedelta(minutes=stage.min_duration_minutes)

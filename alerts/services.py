@@ -69,15 +69,16 @@ def _compare(value: Decimal, comparison: str, threshold: Decimal) -> bool:
     }[comparison]
 
 
-def _window(rule: AlertRule, now: datetime) -> tuple[datetime, datetime]:
-    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    return end - timedelta(minutes=rule.window_minutes), end
+def _window(minutes: int, now: datetime) -> tuple[datetime, datetime]:
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)  # the current minute counts
+    return end - timedelta(minutes=minutes), end
 
 
 def measure(rule: AlertRule, flag: Flag, now: datetime, cache: dict[int, dict[str, Any]]) -> RuleResult:
     """Judge one rule on its window: firing, ok, or no data (too few calls on a side it needs)."""
     if rule.window_minutes not in cache:
-        cache[rule.window_minutes] = metrics.summary_between(flag, *_window(rule, now))
+        window = _window(rule.window_minutes, now)
+        cache[rule.window_minutes] = metrics.summary_between(flag, *window, unique_users=False)
     summary = cache[rule.window_minutes]
     treatment = summary["modes"][flag.treatment_mode]
     baseline = summary["modes"][flag.baseline_mode]
@@ -224,8 +225,30 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
 
 def check_all(*, now: datetime | None = None, dry_run: bool = False,
               flag_key: str | None = None) -> dict[str, list[RuleResult]]:
-    keys = [flag_key] if flag_key else list(Flag.objects.order_by("key").values_list("key", flat=True))
-    return {key: check_flag(key, now=now, dry_run=dry_run) for key in keys}
+    """Check every flag. A first pass reads without locks; only a flag with a firing rule or an open
+    alert (something to open, update, remediate or resolve) is checked again under its row lock."""
+    now = now or timezone.now()
+    flags = Flag.objects.order_by("key")
+    if flag_key:
+        flags = flags.filter(key=flag_key)
+    rules: dict[int, list[AlertRule]] = {}
+    for rule in AlertRule.objects.filter(enabled=True, flag__in=flags).order_by("id"):
+        rules.setdefault(rule.flag_id, []).append(rule)
+    with_open_alerts = set(Alert.objects.filter(state__in=OPEN_STATES).values_list("flag_id", flat=True))
+    results: dict[str, list[RuleResult]] = {}
+    flags = list(flags)
+    # One read of the rollups per distinct window length, for every flag at once.
+    windows: dict[int, dict[str, dict[str, Any]]] = {}
+    for minutes in {rule.window_minutes for flag_rules in rules.values() for rule in flag_rules}:
+        windows[minutes] = metrics.summaries_between(flags, *_window(minutes, now), unique_users=False)
+    for flag in flags:
+        cache = {minutes: summaries[flag.key] for minutes, summaries in windows.items()}
+        first = [measure(rule, flag, now, cache) for rule in rules.get(flag.pk, [])]
+        if flag.pk in with_open_alerts or any(result.state == FIRING for result in first):
+            results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run)
+        else:
+            results[flag.key] = first  # all ok or no data, nothing open: nothing to write
+    return results
 
 
 @transaction.atomic

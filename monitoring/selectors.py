@@ -40,6 +40,15 @@ class Totals:
     tokens_sum: int = 0
     hist: list[int] = field(default_factory=histogram.empty)
     hll: bytearray = field(default_factory=histogram.hll_empty)
+    # Sketches of added rows, merged only when the unique users are asked for: merging 1 KiB registers
+    # is the costliest step, and alert checks never need it.
+    _pending_hll: list[bytes] = field(default_factory=list, repr=False)
+
+    def users(self) -> int:
+        for part in self._pending_hll:
+            histogram.hll_merge(self.hll, part)
+        self._pending_hll.clear()
+        return histogram.hll_count(self.hll) if self.calls else 0
 
     def add(self, row: dict[str, Any]) -> None:
         """Fold in one rollup row (as a values() dict): sums add, histograms add, sketches merge."""
@@ -50,7 +59,8 @@ class Totals:
         self.latency_sum += row["latency_sum"]
         self.tokens_sum += row["tokens_sum"]
         self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
-        histogram.hll_merge(self.hll, row["users_hll"])
+        if row["users_hll"]:
+            self._pending_hll.append(row["users_hll"])
 
     def avg_tokens(self) -> float | None:
         return self.tokens_sum / self.calls if self.calls else None
@@ -58,7 +68,7 @@ class Totals:
     def avg_latency(self) -> float | None:
         return self.latency_sum / self.calls if self.calls else None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, unique_users: bool = True) -> dict[str, Any]:
         calls = self.calls
         failures = calls - self.successes
         return {
@@ -75,7 +85,7 @@ class Totals:
             "p99_latency_ms": _round(histogram.percentile(self.hist, 0.99)),
             "total_tokens": self.tokens_sum,
             "avg_tokens_per_call": round(self.tokens_sum / calls, 1) if calls else None,
-            "unique_users": histogram.hll_count(self.hll) if calls else 0,
+            "unique_users": self.users() if unique_users else None,
         }
 
 
@@ -105,13 +115,14 @@ _FIELDS = ("mode", "bucket_start", "calls", "successes", "patches", "failed_patc
            "latency_hist", "users_hll")
 
 
-def _rows(flag: Flag, resolution: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+def _rows(flags: list[Flag], resolution: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Rollup rows of these flags' two modes, their own and the unflagged ones, in [start, end)."""
     return list(
-        Rollup.objects.filter(resolution=resolution, flag_key__in=[flag.key, ""],
-                              mode__in=[flag.treatment_mode, flag.baseline_mode],
+        Rollup.objects.filter(resolution=resolution, flag_key__in=[*(f.key for f in flags), ""],
+                              mode__in={m for f in flags for m in (f.treatment_mode, f.baseline_mode)},
                               bucket_start__gte=start, bucket_start__lt=end)
         .order_by("bucket_start")
-        .values(*_FIELDS)
+        .values("flag_key", *_FIELDS)
     )
 
 
@@ -132,20 +143,38 @@ def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = Non
     return {"window": window, **summary_between(flag, start, end)}
 
 
-def summary_between(flag: Flag, start: datetime, end: datetime) -> dict[str, Any]:
+def summary_between(flag: Flag, start: datetime, end: datetime, *, unique_users: bool = True) -> dict[str, Any]:
     """The same over [start, end), to the minute (alert rules use their own window lengths)."""
-    totals = {flag.treatment_mode: Totals(), flag.baseline_mode: Totals()}
+    return summaries_between([flag], start, end, unique_users=unique_users)[flag.key]
+
+
+def summaries_between(flags: list[Flag], start: datetime, end: datetime, *,
+                      unique_users: bool = True) -> dict[str, dict[str, Any]]:
+    """summary_between for many flags from one read of the rollups (alert checks over every flag)."""
     first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0, second=0, microsecond=0)
     if first_full_hour < last_full_hour:
         # Whole hours from hour rows, the ragged edges from minute rows: exact to the minute.
-        rows = _rows(flag, Rollup.HOUR, first_full_hour, last_full_hour)
-        rows += _rows(flag, Rollup.MINUTE, start, first_full_hour)
-        rows += _rows(flag, Rollup.MINUTE, last_full_hour, end)
+        rows = _rows(flags, Rollup.HOUR, first_full_hour, last_full_hour)
+        rows += _rows(flags, Rollup.MINUTE, start, first_full_hour)
+        rows += _rows(flags, Rollup.MINUTE, last_full_hour, end)
     else:
-        rows = _rows(flag, Rollup.MINUTE, start, end)
+        rows = _rows(flags, Rollup.MINUTE, start, end)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        totals[row["mode"]].add(row)
-    modes = {mode: t.stats() for mode, t in totals.items()}
+        by_key.setdefault((row["flag_key"], row["mode"]), []).append(row)
+    out = {}
+    for flag in flags:
+        totals = {flag.treatment_mode: Totals(), flag.baseline_mode: Totals()}
+        for mode, total in totals.items():
+            for row in by_key.get((flag.key, mode), []) + by_key.get(("", mode), []):
+                total.add(row)
+        out[flag.key] = _summary(flag, start, end, totals, unique_users)
+    return out
+
+
+def _summary(flag: Flag, start: datetime, end: datetime, totals: dict[str, Totals],
+             unique_users: bool) -> dict[str, Any]:
+    modes = {mode: t.stats(unique_users=unique_users) for mode, t in totals.items()}
     treatment, baseline = totals[flag.treatment_mode], totals[flag.baseline_mode]
     return {
         "flag": flag.key,
@@ -175,7 +204,7 @@ def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None
         buckets.append(moment)
         moment += step
     per: dict[str, dict[datetime, Totals]] = {flag.treatment_mode: {}, flag.baseline_mode: {}}
-    for row in _rows(flag, resolution, start, end):
+    for row in _rows([flag], resolution, start, end):
         per[row["mode"]].setdefault(row["bucket_start"], Totals()).add(row)
     out: dict[str, Any] = {"labels": [b.isoformat() for b in buckets], "modes": {}, "token_savings": []}
     for mode, points in per.items():
