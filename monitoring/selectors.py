@@ -208,7 +208,7 @@ def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None
         per[row["mode"]].setdefault(row["bucket_start"], Totals()).add(row)
     out: dict[str, Any] = {"labels": [b.isoformat() for b in buckets], "modes": {}, "token_savings": []}
     for mode, points in per.items():
-        stats = [points[b].stats() if b in points else None for b in buckets]
+        stats = [points[b].stats(unique_users=False) if b in points else None for b in buckets]
         out["modes"][mode] = {
             "error_rate": [s["error_rate"] if s else None for s in stats],
             "p50_latency_ms": [s["p50_latency_ms"] if s else None for s in stats],
