@@ -31,6 +31,9 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from api.snapshot import store
 
     try:
-        store.get()
+        snapshot = store.get()
     except Exception as exc:  # a cold start must not kill the worker
         worker.log.warning("config snapshot not loaded at start: %s", exc)
+    else:
+        worker.log.info("config snapshot loaded at start: config version %s, %s flag(s)", snapshot.stamp,
+                        len(snapshot.flags))

@@ -122,9 +122,11 @@ class Server:
             "DEBUG": "0",
             "SECRET_KEY": "live-test-secret-key-" + "x" * 40,
             "ROLLOUTADMIN_VAR_DIR": str(var_dir),
-            "GUNICORN_LOGLEVEL": "warning",
+            "GUNICORN_LOGLEVEL": "info",  # the workers' "config snapshot loaded" lines say they are ready
+            "GUNICORN_WORKERS": "2",
             **env,
         })
+        self.workers = int(full_env["GUNICORN_WORKERS"])
         self.log = var_dir / f"gunicorn-{self.port}.log"
         var_dir.mkdir(parents=True, exist_ok=True)
         self._log_handle = self.log.open("w")
@@ -140,12 +142,16 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/api/v1/openapi.json", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
+            # Every worker, not just the first: one still booting when a test cuts the database would
+            # start without a snapshot.
+            if self.log.read_text().count("config snapshot") >= self.workers:
+                try:
+                    with urllib.request.urlopen(self.url + "/api/v1/openapi.json", timeout=1) as response:
+                        if response.status == 200:
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not start: {self.log.read_text()[-3000:]}")
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
