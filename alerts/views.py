@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -15,17 +15,10 @@ from django_htmx.http import trigger_client_event
 from flags import selectors
 from flags.actors import Actor
 from flags.models import Flag
-from flags.views import can_manage, viewer_required
+from flags.views import can_manage, flag_or_404, manager_required, viewer_required
 
 from . import plans, services
 from .models import OPEN_STATES, Alert, AlertState, PlanState, RolloutPlan, Severity
-
-
-def _flag(key: str) -> Flag:
-    flag = selectors.flag_get(key)
-    if flag is None:
-        raise Http404(f"no flag {key!r}")
-    return flag
 
 
 def _alerts_panel(request: HttpRequest, flag: Flag, **extra: Any) -> HttpResponse:
@@ -37,15 +30,13 @@ def _alerts_panel(request: HttpRequest, flag: Flag, **extra: Any) -> HttpRespons
 @require_GET
 @viewer_required
 def flag_alerts(request: HttpRequest, key: str) -> HttpResponse:
-    return _alerts_panel(request, _flag(key))
+    return _alerts_panel(request, flag_or_404(key))
 
 
 @require_POST
-@viewer_required
+@manager_required("acknowledge alerts")
 def acknowledge(request: HttpRequest, key: str, alert_id: int) -> HttpResponse:
-    flag = _flag(key)
-    if not can_manage(request.user):
-        raise PermissionDenied("Only Rollout managers may acknowledge alerts.")
+    flag = flag_or_404(key)
     alert = get_object_or_404(Alert, pk=alert_id, flag=flag)
     services.acknowledge(alert=alert, user=request.user)
     return _alerts_panel(request, flag, message=f"Acknowledged: {alert.rule.name}.")
@@ -64,7 +55,7 @@ def _plan_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, A
 @require_GET
 @viewer_required
 def flag_plan(request: HttpRequest, key: str) -> HttpResponse:
-    return render(request, "alerts/panels.html#plan", _plan_context(request, _flag(key)))
+    return render(request, "alerts/panels.html#plan", _plan_context(request, flag_or_404(key)))
 
 
 PLAN_ACTIONS = {
@@ -77,11 +68,9 @@ PLAN_ACTIONS = {
 
 
 @require_POST
-@viewer_required
+@manager_required("steer rollout plans")
 def plan_action(request: HttpRequest, key: str) -> HttpResponse:
-    flag = _flag(key)
-    if not can_manage(request.user):
-        raise PermissionDenied("Only Rollout managers may steer rollout plans.")
+    flag = flag_or_404(key)
     action = request.POST.get("action", "")
     actor = Actor.for_user(request.user)
     status = 200

@@ -7,6 +7,7 @@ and keep lists. Everyone else gets 403.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import wraps
 from typing import Any
@@ -69,7 +70,23 @@ def viewer_required(view):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def _flag(key: str) -> Flag:
+def manager_required(what: str):  # type: ignore[no-untyped-def]
+    """viewer_required, and 403 unless the user is a Rollout manager: `what` says what was refused."""
+
+    def decorate(view):  # type: ignore[no-untyped-def]
+        @viewer_required
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not can_manage(request.user):
+                raise PermissionDenied(f"Only Rollout managers may {what}.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def flag_or_404(key: str) -> Flag:
     flag = selectors.flag_get(key)
     if flag is None:
         raise Http404(f"no flag {key!r}")
@@ -119,7 +136,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
 @require_GET
 @viewer_required
 def flag_detail(request: HttpRequest, key: str) -> HttpResponse:
-    flag = _flag(key)
+    flag = flag_or_404(key)
     template = "flags/flag_detail.html"
     partial = request.GET.get("partial")
     if request.htmx and partial in {"metrics", "audit", "controls"}:
@@ -138,16 +155,15 @@ def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: A
 
 def _expected_version(request: HttpRequest) -> int | None:
     raw = request.POST.get("expected_version", "")
-    return int(raw) if raw.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+    return int(raw) if re.fullmatch(r"[0-9]{1,18}", raw) else None
 
 
 @require_POST
-@viewer_required
+@manager_required("change a rollout")
 def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
     """The slider, applied on release. A jump of more than 25 points, or to 100%, must be confirmed."""
-    flag = _flag(key)
-    if not can_manage(request.user):
-        raise PermissionDenied("Only Rollout managers may change a rollout.")
+    flag = flag_or_404(key)
     try:
         target = services.parse_percentage(request.POST.get("rollout_percentage", ""))
     except ValidationError as exc:
@@ -168,12 +184,10 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
 
 
 @require_POST
-@viewer_required
+@manager_required("flip the kill switch")
 def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     """The kill switch."""
-    flag = _flag(key)
-    if not can_manage(request.user):
-        raise PermissionDenied("Only Rollout managers may flip the kill switch.")
+    flag = flag_or_404(key)
     wanted = request.POST.get("enabled")
     if wanted not in {"on", "off"}:
         return _controls(request, flag, status=400, error="enabled must be on or off.")
