@@ -5,6 +5,7 @@ from decimal import Decimal
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 
 from . import evaluation
 
@@ -27,6 +28,11 @@ def validate_user_id(value: str) -> None:
         raise ValidationError(f"A user id has at most {USER_ID_MAX_LENGTH} characters.", code="max_length")
     if "\x00" in value:
         raise ValidationError("A user id must not contain NUL characters.", code="invalid")
+
+
+# The settings that decide who gets a flag: a change to any of them starts a new rollout stage, and the
+# guardrails' statistics start again (alerts.guardrails).
+EXPOSURE_FIELDS = ("enabled", "rollout_percentage", "bucketing", "salt", "treatment_mode", "baseline_mode")
 
 
 class Bucketing(models.TextChoices):
@@ -71,7 +77,8 @@ class Flag(models.Model):
     treatment_mode = models.CharField(max_length=50, default="patch", validators=[MODE_VALIDATOR])
     baseline_mode = models.CharField(max_length=50, default="single", validators=[MODE_VALIDATOR])
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    # Set by the services (flags.services._bump) from their `now`, so a simulated check records its time.
+    updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["key"]
@@ -149,7 +156,8 @@ class AuditQuerySet(models.QuerySet):
 
 
 class AuditEntry(models.Model):
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The writer's time: a service called with `now` (alert checks, plans, simulations) records that.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
     # Names, not foreign keys: an entry must outlive the user, key or rule that made it, and a
     # foreign key's ON DELETE SET NULL would be an UPDATE of an append-only row.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Max, OuterRef, QuerySet, Subquery
 
 from . import evaluation
-from .models import AuditEntry, Flag, OverrideKind, UserOverride
+from .models import EXPOSURE_FIELDS, AuditEntry, Flag, OverrideKind, UserOverride
 
 
 def possible_key(key: object) -> bool:
@@ -79,3 +80,17 @@ def override_counts(flag: Flag) -> dict[str, int]:
     for kind in OverrideKind.values:
         counts[kind] = UserOverride.objects.filter(flag=flag, kind=kind).count()
     return counts
+
+
+def stage_starts(flags: list[Flag], at: datetime) -> dict[int, datetime]:
+    """When each flag's current rollout stage began, as of `at`: its latest audited change to who gets it
+    (EXPOSURE_FIELDS, creation included) at or before `at`. One query for any number of flags."""
+    rows = (AuditEntry.objects.filter(flag__in=flags, created_at__lte=at, after__has_any_keys=list(EXPOSURE_FIELDS))
+            .values("flag_id").annotate(started=Max("created_at")))
+    return {row["flag_id"]: row["started"] for row in rows}
+
+
+def exposure_changes(flag: Flag, *, until: datetime) -> list[AuditEntry]:
+    """The flag's audited changes to who gets it (stage boundaries), oldest first, up to `until`."""
+    return list(AuditEntry.objects.filter(flag=flag, created_at__lte=until, after__has_any_keys=list(EXPOSURE_FIELDS))
+                .order_by("created_at", "id"))

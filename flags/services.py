@@ -11,6 +11,7 @@ import csv
 import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -168,7 +169,8 @@ def flag_state(flag: Flag) -> dict[str, Any]:
 
 
 def _audit(
-    *, flag: Flag, actor: Actor, source: str, action: str, before: dict, after: dict, reason: str
+    *, flag: Flag, actor: Actor, source: str, action: str, before: dict, after: dict, reason: str,
+    at: datetime | None = None,
 ) -> AuditEntry:
     if source not in Source.values:
         raise ValueError(f"unknown audit source {source!r}")
@@ -185,6 +187,7 @@ def _audit(
         after=after,
         reason=(reason or "").strip(),
         flag_version=flag.version,
+        created_at=at or timezone.now(),
     )
 
 
@@ -217,9 +220,9 @@ def _check_version(flag: Flag, expected_version: int | None) -> None:
         raise VersionConflict(flag, expected_version, selectors.last_change(flag))
 
 
-def _bump(flag: Flag, fields: Iterable[str] = ()) -> None:
+def _bump(flag: Flag, fields: Iterable[str] = (), now: datetime | None = None) -> None:
     flag.version += 1
-    flag.updated_at = timezone.now()
+    flag.updated_at = now or timezone.now()
     flag.save(update_fields=[*fields, "version", "updated_at"])
     publish_config_change()
 
@@ -242,8 +245,9 @@ def flag_create(
     salt: str = "",
     treatment_mode: str = "patch",
     baseline_mode: str = "single",
+    now: datetime | None = None,
 ) -> Flag:
-    """Create a flag (off by default) and audit its initial settings."""
+    """Create a flag (off by default) and audit its initial settings (at `now`, by default the clock's)."""
     errors: dict[str, list[str]] = {}
     if not isinstance(key, str) or not key or len(key) > 100:
         errors["key"] = ["must be 1 to 100 characters"]
@@ -280,7 +284,7 @@ def flag_create(
     except IntegrityError:
         raise ValidationError({"key": [f"a flag with key {key!r} already exists"]}) from None
     _audit(flag=flag, actor=actor, source=source, action="create", before={}, after=flag_state(flag),
-           reason=reason)
+           reason=reason, at=now)
     publish_config_change()
     for listener in created_listeners:
         listener(flag)
@@ -315,6 +319,7 @@ def flag_update(
     confirm_reshuffle: bool = False,
     only_reduce: bool = False,
     _from_plan: bool = False,
+    now: datetime | None = None,
     **changes: Any,
 ) -> Flag:
     """Change some of a flag's settings; no-op changes write nothing.
@@ -322,7 +327,8 @@ def flag_update(
     `expected_version`: the version the caller's change is based on; if the flag has moved on since,
     VersionConflict is raised and nothing changes. Changing the bucketing or the salt reshuffles every
     user, so it needs `confirm_reshuffle=True`. `only_reduce=True` (alert remediation) refuses any change
-    that would expose more users than now, judged on the state read under the row lock.
+    that would expose more users than now, judged on the state read under the row lock. `now`: the
+    time to record (alert checks and plans pass theirs, so a simulation replays time exactly).
     """
     unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
@@ -352,7 +358,7 @@ def flag_update(
         _refuse_more_exposure(changed)
     for name, (_old, new) in changed.items():
         setattr(locked, name, new)
-    _bump(locked, changed)
+    _bump(locked, changed, now)
     after = flag_state(locked)
     _audit(
         flag=locked,
@@ -362,6 +368,7 @@ def flag_update(
         before={name: before[name] for name in changed} | {"version": before["version"]},
         after={name: after[name] for name in changed} | {"version": after["version"]},
         reason=reason,
+        at=now,
     )
     if not _from_plan and set(changed) & {"enabled", "rollout_percentage"}:
         for listener in exposure_listeners:

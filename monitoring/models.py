@@ -50,6 +50,11 @@ class Rollup(models.Model):
     failed_patches = models.BigIntegerField(default=0)
     latency_sum = models.FloatField(default=0)
     tokens_sum = models.BigIntegerField(default=0)
+    # What the guardrails' variances need (alerts.guardrails): sums of ln(1 + latency ms), of its
+    # squares, and of squared tokens.
+    log_latency_sum = models.FloatField(default=0)
+    log_latency_sq = models.FloatField(default=0)
+    tokens_sq = models.FloatField(default=0)
     latency_hist = models.BinaryField(default=b"")
     users_hll = models.BinaryField(default=b"")
 

@@ -7,6 +7,7 @@ those modes).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,9 @@ class Totals:
     failed_patches: int = 0
     latency_sum: float = 0.0
     tokens_sum: int = 0
+    log_latency_sum: float = 0.0
+    log_latency_sq: float = 0.0
+    tokens_sq: float = 0.0
     hist: list[int] = field(default_factory=histogram.empty)
     hll: bytearray = field(default_factory=histogram.hll_empty)
     # Sketches of added rows, merged only when the unique users are asked for: merging 1 KiB registers
@@ -58,6 +62,9 @@ class Totals:
         self.failed_patches += row["failed_patches"]
         self.latency_sum += row["latency_sum"]
         self.tokens_sum += row["tokens_sum"]
+        self.log_latency_sum += row["log_latency_sum"]
+        self.log_latency_sq += row["log_latency_sq"]
+        self.tokens_sq += row["tokens_sq"]
         self.hist = histogram.add(self.hist, histogram.from_bytes(row["latency_hist"]))
         if row["users_hll"]:
             self._pending_hll.append(row["users_hll"])
@@ -111,8 +118,10 @@ def token_savings(treatment_avg: float | None, baseline_avg: float | None) -> fl
     return round((baseline_avg - treatment_avg) / baseline_avg * 100, 2)
 
 
-_FIELDS = ("mode", "bucket_start", "calls", "successes", "patches", "failed_patches", "latency_sum", "tokens_sum",
-           "latency_hist", "users_hll")
+# The numbers every reader adds up; the sketches (histogram, users) only where percentiles or users are shown.
+MOMENT_FIELDS = ("calls", "successes", "patches", "failed_patches", "latency_sum", "tokens_sum", "log_latency_sum",
+                 "log_latency_sq", "tokens_sq")
+_FIELDS = ("mode", "bucket_start", *MOMENT_FIELDS, "latency_hist", "users_hll")
 
 
 def _rows(flags: list[Flag], resolution: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
@@ -124,6 +133,62 @@ def _rows(flags: list[Flag], resolution: int, start: datetime, end: datetime) ->
         .order_by("bucket_start")
         .values("flag_key", *_FIELDS)
     )
+
+
+def moments_between(flags: list[Flag], start: datetime, end: datetime) -> dict[str, dict[str, dict[str, float]]]:
+    """The sums the guardrails need (MOMENT_FIELDS) per flag and mode over [start, end), to the minute:
+    whole hours from hour rows, the edges from minute rows; no sketch is read."""
+    out = {f.key: {f.treatment_mode: _zero(), f.baseline_mode: _zero()} for f in flags}
+    for part_start, part_end, resolution in _parts(start, end):
+        for row, flag in _moment_rows(flags, resolution, part_start, part_end):
+            _fold(out[flag.key][row["mode"]], row)
+    return out
+
+
+def moments_per_minute(flags: list[Flag], start: datetime, end: datetime, *,
+                       resolution: int = Rollup.MINUTE) -> dict[str, dict[datetime, dict[str, dict[str, float]]]]:
+    """The same per minute (or hour): {flag key: {bucket start: {mode: sums}}}, buckets without calls left out."""
+    out: dict[str, dict[datetime, dict[str, dict[str, float]]]] = {f.key: {} for f in flags}
+    for row, flag in _moment_rows(flags, resolution, start, end):
+        _fold(out[flag.key].setdefault(row["bucket_start"], {}).setdefault(row["mode"], _zero()), row)
+    return out
+
+
+def _zero() -> dict[str, float]:
+    return dict.fromkeys(MOMENT_FIELDS, 0)
+
+
+def _fold(into: dict[str, float], row: dict[str, Any]) -> None:
+    for name in MOMENT_FIELDS:
+        into[name] += row[name]
+
+
+def _parts(start: datetime, end: datetime) -> list[tuple[datetime, datetime, int]]:
+    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0, second=0, microsecond=0)
+    if first_full_hour < last_full_hour:
+        return [(first_full_hour, last_full_hour, Rollup.HOUR), (start, first_full_hour, Rollup.MINUTE),
+                (last_full_hour, end, Rollup.MINUTE)]
+    return [(start, end, Rollup.MINUTE)]
+
+
+def _moment_rows(flags: list[Flag], resolution: int, start: datetime,
+                 end: datetime) -> Iterator[tuple[dict[str, Any], Flag]]:
+    """Each rollup row of the flags' modes in [start, end), with every flag it counts for (its own key,
+    or every flag comparing its mode when the row carries no flag)."""
+    if start >= end or not flags:
+        return
+    by_key: dict[tuple[str, str], list[Flag]] = {}
+    for flag in flags:
+        for mode in (flag.treatment_mode, flag.baseline_mode):
+            by_key.setdefault((flag.key, mode), []).append(flag)
+            by_key.setdefault(("", mode), []).append(flag)
+    rows = (Rollup.objects.filter(resolution=resolution, flag_key__in=[*(f.key for f in flags), ""],
+                                  mode__in={mode for _, mode in by_key}, bucket_start__gte=start,
+                                  bucket_start__lt=end)
+            .values("flag_key", "mode", "bucket_start", *MOMENT_FIELDS))
+    for row in rows:
+        for flag in by_key.get((row["flag_key"], row["mode"]), []):
+            yield row, flag
 
 
 def window_bounds(window: str, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -190,19 +255,36 @@ def _summary(flag: Flag, start: datetime, end: datetime, totals: dict[str, Total
     }
 
 
-def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
-    """Points for the charts: per minute up to 1 h, per hour for 24 h and 7 d."""
-    start, end = window_bounds(window, now)
+@dataclass
+class ChartBuckets:
+    """The points of a chart over a window: per minute up to 1 h, per hour for 24 h and 7 d."""
+
+    start: datetime
+    end: datetime
+    step: timedelta
+    resolution: int
+    starts: list[datetime]
+
+
+def chart_buckets(window: str, end: datetime) -> ChartBuckets:
+    start = end - WINDOWS[window]
     if WINDOWS[window] <= timedelta(hours=1):
         resolution, step = Rollup.MINUTE, timedelta(minutes=1)
     else:
         resolution, step = Rollup.HOUR, timedelta(hours=1)
         start = start.replace(minute=0)
-    buckets: list[datetime] = []
+    starts: list[datetime] = []
     moment = start
     while moment < end:
-        buckets.append(moment)
+        starts.append(moment)
         moment += step
+    return ChartBuckets(start, end, step, resolution, starts)
+
+
+def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
+    """Points for the charts: per minute up to 1 h, per hour for 24 h and 7 d."""
+    chart = chart_buckets(window, window_bounds(window, now)[1])
+    start, end, resolution, buckets = chart.start, chart.end, chart.resolution, chart.starts
     per: dict[str, dict[datetime, Totals]] = {flag.treatment_mode: {}, flag.baseline_mode: {}}
     for row in _rows([flag], resolution, start, end):
         per[row["mode"]].setdefault(row["bucket_start"], Totals()).add(row)

@@ -257,6 +257,7 @@ def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime],
     for r in records:
         minute = r.occurred_at.replace(second=0, microsecond=0)
         slot = histogram.slot_for(r.latency_ms)
+        log_latency = histogram.log_latency(r.latency_ms)
         user_hash = histogram.hll_hash(r.user_id)
         for key in ((Rollup.MINUTE, r.flag_key, r.mode, minute),
                     (Rollup.HOUR, r.flag_key, r.mode, minute.replace(minute=0))):
@@ -267,6 +268,9 @@ def _aggregate(records: Iterable[Clean]) -> dict[tuple[int, str, str, datetime],
             acc.failed_patches += r.failed_patches
             acc.latency_sum += r.latency_ms
             acc.tokens_sum += r.tokens_used
+            acc.log_latency_sum += log_latency
+            acc.log_latency_sq += log_latency * log_latency
+            acc.tokens_sq += r.tokens_used * r.tokens_used
             acc.hist[slot] += 1
             histogram.hll_add_hash(acc.hll, user_hash)
     return groups
@@ -299,6 +303,9 @@ def _apply(groups: dict[tuple[int, str, str, datetime], Totals]) -> None:
             failed_patches=row.failed_patches + acc.failed_patches,
             latency_sum=row.latency_sum + acc.latency_sum,
             tokens_sum=row.tokens_sum + acc.tokens_sum,
+            log_latency_sum=row.log_latency_sum + acc.log_latency_sum,
+            log_latency_sq=row.log_latency_sq + acc.log_latency_sq,
+            tokens_sq=row.tokens_sq + acc.tokens_sq,
             latency_hist=histogram.to_bytes(histogram.add(histogram.from_bytes(row.latency_hist), acc.hist)),
             users_hll=bytes(histogram.hll_merge(acc.hll, row.users_hll)),
         )
@@ -348,7 +355,8 @@ def rebuild_rollups(*, start: datetime, end: datetime) -> int:
     Rollup.objects.bulk_create(
         [Rollup(resolution=k[0], flag_key=k[1], mode=k[2], bucket_start=k[3], calls=a.calls, successes=a.successes,
                 patches=a.patches, failed_patches=a.failed_patches, latency_sum=a.latency_sum,
-                tokens_sum=a.tokens_sum, latency_hist=histogram.to_bytes(a.hist), users_hll=bytes(a.hll))
+                tokens_sum=a.tokens_sum, log_latency_sum=a.log_latency_sum, log_latency_sq=a.log_latency_sq,
+                tokens_sq=a.tokens_sq, latency_hist=histogram.to_bytes(a.hist), users_hll=bytes(a.hll))
          for k, a in groups.items()],
         batch_size=2000,
     )
