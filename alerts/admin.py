@@ -7,7 +7,7 @@ from .models import Alert, AlertRule, Notification, PlanStage, RolloutPlan
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ["name", "flag", "metric", "comparison", "threshold", "severity", "window_minutes", "min_samples",
+    list_display = ["name", "flag", "metric", "comparison", "threshold", "severity", "alpha", "cusum_limit",
                     "action", "action_value", "cooldown_minutes", "enabled"]
     list_filter = ["flag", "severity", "action", "enabled"]
     list_editable = ["enabled"]

@@ -2,22 +2,24 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from flags.models import Flag
 
 
 class Metric(models.TextChoices):
+    # The values are alerts.guardrails' metric names; that module says how each is judged.
     ERROR_RATE = "error_rate", "treatment error rate (%)"
     SUCCESS_RATE = "success_rate", "treatment success rate (%)"
-    LATENCY_RATIO = "latency_ratio", "treatment avg latency / baseline avg latency"
+    ERROR_RATE_DELTA = "error_rate_delta", "treatment error rate minus baseline error rate (points)"
+    LATENCY_RATIO = "latency_ratio", "treatment latency / baseline latency (ratio of geometric means)"
     TOKENS_RATIO = "tokens_ratio", "treatment avg tokens per call / baseline avg tokens per call"
-    P95_LATENCY_MS = "p95_latency_ms", "treatment p95 latency (ms)"
 
 
-# Ratios compare the treatment with the baseline, so they need enough calls on both sides.
-COMPARATIVE_METRICS = {Metric.LATENCY_RATIO, Metric.TOKENS_RATIO}
+UNITS = {Metric.ERROR_RATE: "%", Metric.SUCCESS_RATE: "%", Metric.ERROR_RATE_DELTA: " points",
+         Metric.LATENCY_RATIO: "x baseline", Metric.TOKENS_RATIO: "x baseline"}
 
 
 class Comparison(models.TextChoices):
@@ -35,7 +37,7 @@ class Severity(models.TextChoices):
 class Action(models.TextChoices):
     NOTIFY = "notify", "notify only"
     CAP_ROLLOUT = "cap_rollout", "cap the rollout at the action value (never raises it)"
-    ROLLBACK = "rollback", "roll back to 0%"
+    ROLLBACK = "rollback", "roll back to 0% (with a running plan: to its previous stage, and pause it)"
     DISABLE = "disable", "disable the flag (kill switch)"
     PAUSE_PLAN = "pause_plan", "pause the flag's rollout plan"
 
@@ -47,9 +49,16 @@ class AlertRule(models.Model):
     comparison = models.CharField(max_length=3, choices=Comparison.choices)
     threshold = models.DecimalField(max_digits=10, decimal_places=3)
     severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.WARNING)
-    window_minutes = models.PositiveIntegerField(default=15, validators=[MinValueValidator(1)])
-    min_samples = models.PositiveIntegerField(
-        default=10, help_text="Calls needed in the window (on both sides for comparisons) before the rule judges."
+    alpha = models.DecimalField(
+        max_digits=6, decimal_places=5, default=Decimal("0.01"),
+        validators=[MinValueValidator(Decimal("0.00001")), MaxValueValidator(Decimal("0.2"))],
+        help_text="False-alarm level of the rule's confidence interval per rollout stage (0.01: at most 1%; "
+                  "the five default rules together stay within 5%).",
+    )
+    cusum_limit = models.DecimalField(
+        max_digits=6, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(Decimal("0.5"))],
+        help_text="How much recent evidence fires the rule (CUSUM limit). Empty: the tuned default for the "
+                  "metric. Lower is faster and noisier: try a value with backtest_alerts first.",
     )
     action = models.CharField(max_length=12, choices=Action.choices, default=Action.NOTIFY)
     action_value = models.DecimalField(
@@ -75,7 +84,8 @@ class AlertRule(models.Model):
         return f"{self.flag.key}: {self.name}"
 
     def describe(self) -> str:
-        return f"{self.get_metric_display()} {self.get_comparison_display()} {self.threshold.normalize()}"
+        threshold = format(self.threshold.normalize(), "f")
+        return f"{self.get_metric_display()} {self.get_comparison_display()} {threshold}{UNITS[self.metric]}"
 
 
 class AlertState(models.TextChoices):
@@ -96,7 +106,8 @@ class Alert(models.Model):
     severity = models.CharField(max_length=10, choices=Severity.choices)
     message = models.TextField()
     value = models.DecimalField(max_digits=14, decimal_places=3, null=True)
-    opened_at = models.DateTimeField(auto_now_add=True)
+    # Set by the check from its `now` (simulations and backtests replay time exactly).
+    opened_at = models.DateTimeField(default=timezone.now)
     last_checked_at = models.DateTimeField(null=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=150, blank=True)
@@ -128,7 +139,7 @@ class Notification(models.Model):
     status = models.CharField(max_length=10, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -139,17 +150,23 @@ class Notification(models.Model):
 
 
 DEFAULT_RULES = [
-    # The seed's four rules (alert-rules.js), with its defects fixed in alerts.services.
+    # The seed's four rules (alert-rules.js), judged with confidence (alerts.guardrails); the critical
+    # action rolls back (the seed's "cap at 50%" did nothing at the rollouts where bad news arrives).
     {"name": "Patch Mode error rate above 5%", "metric": Metric.ERROR_RATE, "comparison": Comparison.GT,
-     "threshold": Decimal("5"), "severity": Severity.CRITICAL, "action": Action.CAP_ROLLOUT,
-     "action_value": Decimal("50")},
+     "threshold": Decimal("5"), "severity": Severity.CRITICAL, "action": Action.ROLLBACK},
     {"name": "Latency above 1.5x baseline", "metric": Metric.LATENCY_RATIO, "comparison": Comparison.GT,
      "threshold": Decimal("1.5"), "severity": Severity.WARNING, "action": Action.NOTIFY},
     {"name": "Token savings low (tokens above 0.8x baseline)", "metric": Metric.TOKENS_RATIO,
      "comparison": Comparison.GT, "threshold": Decimal("0.8"), "severity": Severity.WARNING,
      "action": Action.NOTIFY},
+    # Success is the complement of error: this rule never opens an episode while an error-rate rule that
+    # covers it fires (alerts.services), so one regression is one episode.
     {"name": "Success rate below 95%", "metric": Metric.SUCCESS_RATE, "comparison": Comparison.LT,
      "threshold": Decimal("95"), "severity": Severity.WARNING, "action": Action.NOTIFY},
+    # Comparative: a regression is a difference between the two modes, not a level.
+    {"name": "Patch Mode errors more than 1 point above Single Mode", "metric": Metric.ERROR_RATE_DELTA,
+     "comparison": Comparison.GT, "threshold": Decimal("1"), "severity": Severity.CRITICAL,
+     "action": Action.ROLLBACK},
 ]
 
 
@@ -168,8 +185,9 @@ class RolloutPlan(models.Model):
     state = models.CharField(max_length=12, choices=PlanState.choices, default=PlanState.DRAFT)
     current_stage = models.PositiveIntegerField(default=0, help_text="Index of the stage in force (0-based).")
     stage_started_at = models.DateTimeField(null=True, blank=True)
-    # Health gate (the seed's week-2 rule): below `advance_below` % errors advance, between hold,
-    # above `rollback_above` % roll back to 0%.
+    # Health gate (the seed's week-2 rule), judged with confidence on the stage's own calls: a stage
+    # advances when its error rate is shown below `advance_below` % and every guardrail of the flag is
+    # healthy; shown above `rollback_above` %, or a critical guardrail regressing, rolls back a stage.
     advance_below = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("2"))
     rollback_above = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("5"))
     min_samples = models.PositiveIntegerField(default=100, help_text="Treatment calls a stage needs before it "
@@ -177,7 +195,7 @@ class RolloutPlan(models.Model):
     status_note = models.CharField(max_length=500, blank=True, help_text="Why the plan holds, paused or stopped.")
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(default=timezone.now)  # set by alerts.plans from its `now`
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -1,12 +1,21 @@
 """Staged rollout plans: 10% -> 20% -> 50% -> 100% by default, one week each, gated on health.
 
+The gate judges only the stage's own calls (calls before the stage do not count) with the same
+statistics as the alert rules (alerts.health): a stage advances when its time is up, it has its
+minimum of treatment calls, every enabled guardrail of the flag is healthy and its error rate is shown
+below `advance_below`; it holds and says why otherwise; a critical guardrail regressing, or an error
+rate shown above `rollback_above`, steps it back to the previous stage and pauses the plan (from the
+first stage: back to 0%, and the plan ends rolled back).
+
 Every change a plan makes goes through flags.services (audit source `plan`). A change to the flag from
 anywhere else while the plan runs (the slider, the API, the CLI, an alert's remediation) pauses the
-plan, so that it never raises back what a person or an alert has just lowered.
+plan, so that it never raises back what a person or an alert has just lowered. Every time a plan writes
+is its caller's `now`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,9 +27,9 @@ from django.utils import timezone
 from flags import services as flag_services
 from flags.actors import Actor
 from flags.models import Flag, Source
-from monitoring import selectors as metrics
 
-from .models import DEFAULT_STAGES, PlanStage, PlanState, RolloutPlan
+from . import guardrails, health
+from .models import DEFAULT_STAGES, PlanStage, PlanState, RolloutPlan, Severity
 
 PLAN_ACTOR = Actor.system("rollout-plan")
 
@@ -66,16 +75,36 @@ def active_plan(flag: Flag) -> RolloutPlan | None:
     return RolloutPlan.objects.filter(flag=flag, state__in=[PlanState.RUNNING, PlanState.PAUSED]).first()
 
 
+def running_plan(flag: Flag) -> RolloutPlan | None:
+    return RolloutPlan.objects.select_for_update().filter(flag=flag, state=PlanState.RUNNING).first()
+
+
 def _stages(plan: RolloutPlan) -> list[PlanStage]:
     return list(plan.stages.order_by("order"))
+
+
+def _save(plan: RolloutPlan, now: datetime, *fields: str) -> None:
+    plan.updated_at = now
+    plan.save(update_fields=[*fields, "updated_at"])
 
 
 def _set_stage(plan: RolloutPlan, index: int, *, actor: Actor, source: str, reason: str, now: datetime) -> None:
     stage = _stages(plan)[index]
     plan.current_stage, plan.stage_started_at = index, now
-    plan.save(update_fields=["current_stage", "stage_started_at", "updated_at", "state", "status_note"])
+    _save(plan, now, "current_stage", "stage_started_at", "state", "status_note")
     flag_services.flag_update(flag=plan.flag.key, rollout_percentage=stage.percentage, enabled=True, actor=actor,
-                              source=source, reason=reason, _from_plan=True)
+                              source=source, reason=reason, _from_plan=True, now=now)
+
+
+class NeedsConfirmation(ValidationError):
+    """Raising exposure while a critical guardrail fires: the caller must confirm, having read why."""
+
+
+def check_raise_allowed(flag: Flag, *, confirmed: bool) -> None:
+    """Raising a flag's exposure (a plan start, the slider) while a critical guardrail fires asks first."""
+    firing = health.firing_critical(flag)
+    if firing and not confirmed:
+        raise NeedsConfirmation({"confirm": f"{health.firing_reason(firing)}; confirm to raise the rollout anyway"})
 
 
 def _locked(plan: RolloutPlan) -> RolloutPlan:
@@ -84,7 +113,10 @@ def _locked(plan: RolloutPlan) -> RolloutPlan:
 
 
 @transaction.atomic
-def plan_start(*, plan: RolloutPlan, actor: Actor, source: str = Source.UI) -> RolloutPlan:
+def plan_start(*, plan: RolloutPlan, actor: Actor, source: str = Source.UI, now: datetime | None = None,
+               confirmed: bool = False) -> RolloutPlan:
+    """Start a draft plan at its first stage. While a critical guardrail fires this needs `confirmed`."""
+    now = now or timezone.now()
     plan = _locked(plan)
     if plan.state != PlanState.DRAFT:
         raise ValidationError({"state": f"only a draft plan can start; this one is {plan.state}"})
@@ -94,71 +126,107 @@ def plan_start(*, plan: RolloutPlan, actor: Actor, source: str = Source.UI) -> R
     # Plans made in the admin skip plan_create's checks: check the stages again before they act.
     if not percentages or any(not 0 <= p <= 100 for p in percentages) or percentages != sorted(set(percentages)):
         raise ValidationError({"stages": "a plan needs stages rising between 0% and 100%"})
+    check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"started by {actor.name}"
-    _set_stage(plan, 0, actor=actor, source=source, reason="rollout plan started: stage 1", now=timezone.now())
+    _set_stage(plan, 0, actor=actor, source=source, reason="rollout plan started: stage 1", now=now)
     return plan
 
 
 @transaction.atomic
-def plan_pause(*, plan: RolloutPlan, actor: Actor, reason: str = "") -> RolloutPlan:
+def plan_pause(*, plan: RolloutPlan, actor: Actor, reason: str = "", now: datetime | None = None) -> RolloutPlan:
     plan = _locked(plan)
     if plan.state != PlanState.RUNNING:
         raise ValidationError({"state": f"only a running plan can pause; this one is {plan.state}"})
     plan.state, plan.status_note = PlanState.PAUSED, f"paused by {actor.name}" + (f": {reason}" if reason else "")
-    plan.save(update_fields=["state", "status_note", "updated_at"])
+    _save(plan, now or timezone.now(), "state", "status_note")
     return plan
 
 
 @transaction.atomic
-def plan_resume(*, plan: RolloutPlan, actor: Actor) -> RolloutPlan:
+def plan_resume(*, plan: RolloutPlan, actor: Actor, now: datetime | None = None,
+                confirmed: bool = False) -> RolloutPlan:
     """Resume at the stage in force; its clock starts again, since its data was interrupted."""
     plan = _locked(plan)
     if plan.state != PlanState.PAUSED:
         raise ValidationError({"state": f"only a paused plan can resume; this one is {plan.state}"})
+    check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"resumed by {actor.name}"
     _set_stage(plan, plan.current_stage, actor=actor, source=Source.UI,
-               reason=f"rollout plan resumed at stage {plan.current_stage + 1}", now=timezone.now())
+               reason=f"rollout plan resumed at stage {plan.current_stage + 1}", now=now or timezone.now())
     return plan
 
 
 @transaction.atomic
-def plan_advance_now(*, plan: RolloutPlan, actor: Actor) -> RolloutPlan:
+def plan_advance_now(*, plan: RolloutPlan, actor: Actor, now: datetime | None = None,
+                     confirmed: bool = False) -> RolloutPlan:
     plan = _locked(plan)
     if plan.state not in (PlanState.RUNNING, PlanState.PAUSED):
         raise ValidationError({"state": f"this plan is {plan.state}"})
     stages = _stages(plan)
     if plan.current_stage + 1 >= len(stages):
         raise ValidationError({"state": "the plan is at its last stage"})
+    check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"advanced by {actor.name}"
     _set_stage(plan, plan.current_stage + 1, actor=actor, source=Source.UI,
-               reason=f"rollout plan advanced by hand to stage {plan.current_stage + 2}", now=timezone.now())
+               reason=f"rollout plan advanced by hand to stage {plan.current_stage + 2}", now=now or timezone.now())
     return plan
 
 
 @transaction.atomic
-def plan_abort(*, plan: RolloutPlan, actor: Actor, reason: str = "") -> RolloutPlan:
+def plan_abort(*, plan: RolloutPlan, actor: Actor, reason: str = "", now: datetime | None = None) -> RolloutPlan:
     """Stop the plan and roll the flag back to 0%."""
+    now = now or timezone.now()
     plan = _locked(plan)
     if plan.state not in (PlanState.RUNNING, PlanState.PAUSED, PlanState.DRAFT):
         raise ValidationError({"state": f"this plan is already {plan.state}"})
     was_draft = plan.state == PlanState.DRAFT
     plan.state, plan.status_note = PlanState.ROLLED_BACK, f"aborted by {actor.name}" + (f": {reason}" if reason else "")
-    plan.save(update_fields=["state", "status_note", "updated_at"])
+    _save(plan, now, "state", "status_note")
     if not was_draft:
         flag_services.flag_update(flag=plan.flag.key, rollout_percentage=0, actor=actor, source=Source.UI,
-                                  reason=f"rollout plan aborted{': ' + reason if reason else ''}", _from_plan=True)
+                                  reason=f"rollout plan aborted{': ' + reason if reason else ''}", _from_plan=True,
+                                  now=now)
     return plan
 
 
-def pause_running_plan(flag: Flag, *, actor: Actor, source: str, reason: str, dry_run: bool = False) -> bool:
-    plan = RolloutPlan.objects.select_for_update().filter(flag=flag, state=PlanState.RUNNING).first()
+def pause_running_plan(flag: Flag, *, actor: Actor, source: str, reason: str, now: datetime | None = None,
+                       dry_run: bool = False) -> bool:
+    plan = running_plan(flag)
     if plan is None:
         return False
     if not dry_run:
         plan.state = PlanState.PAUSED
         plan.status_note = f"paused: {actor.name} ({source}) changed the flag: {reason}"[:500]
-        plan.save(update_fields=["state", "status_note", "updated_at"])
+        _save(plan, now or timezone.now(), "state", "status_note")
     return True
+
+
+def step_back(plan: RolloutPlan, *, actor: Actor, source: str, reason: str, now: datetime,
+              dry_run: bool = False) -> tuple[list[str], bool]:
+    """A regression during a plan: back to the previous stage's percentage and pause (from the first stage:
+    to 0%, and the plan ends rolled back). Never raises exposure. Returns what it did and whether it acted."""
+    stages = _stages(plan)
+    flag = Flag.objects.get(pk=plan.flag_id)
+    if plan.current_stage > 0:
+        index = plan.current_stage - 1
+        target = min(stages[index].percentage, flag.rollout_percentage)
+        done = [f"rollout plan stepped back to stage {index + 1} ({target}%) and paused"]
+        if not dry_run:
+            plan.state, plan.current_stage, plan.stage_started_at = PlanState.PAUSED, index, now
+            plan.status_note = f"paused at stage {index + 1} after a regression: {reason}"[:500]
+            _save(plan, now, "state", "current_stage", "stage_started_at", "status_note")
+    else:
+        target = Decimal(0)
+        done = ["rollout plan rolled back to 0%"]
+        if not dry_run:
+            plan.state, plan.status_note = PlanState.ROLLED_BACK, f"rolled back: {reason}"[:500]
+            _save(plan, now, "state", "status_note")
+    if flag.rollout_percentage <= target:
+        return [*done, f"rollout already at {flag.rollout_percentage}%"], not dry_run
+    if not dry_run:
+        flag_services.flag_update(flag=flag.key, rollout_percentage=target, only_reduce=True, actor=actor,
+                                  source=source, reason=reason, _from_plan=True, now=now)
+    return [*done, f"rollout reduced from {flag.rollout_percentage}% to {target}%"], True
 
 
 def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
@@ -166,35 +234,48 @@ def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
     stages = _stages(plan)
     stage = stages[plan.current_stage]
     started = plan.stage_started_at or now
-    summary = metrics.summary_between(plan.flag, started.replace(second=0, microsecond=0),
-                                      now.replace(second=0, microsecond=0) + timedelta(minutes=1),
-                                      unique_users=False)
-    treatment = summary["modes"][plan.flag.treatment_mode]
-    calls, error_rate = treatment["total_calls"], treatment["error_rate"]
+    data, results = health.flag_health(plan.flag, now, since=started)
+    error = guardrails.Spec(guardrails.ERROR_RATE, 0.0)
+    rollback = guardrails.judge(replace(error, threshold=float(plan.rollback_above)), data.treatment, data.baseline,
+                                data.recent)
+    advance = guardrails.judge(replace(error, threshold=float(plan.advance_below)), data.treatment, data.baseline,
+                               data.recent)
+    calls = data.treatment.calls
     ends_at = started + timedelta(minutes=stage.min_duration_minutes)
     last = plan.current_stage + 1 >= len(stages)
     left = max(timedelta(0), ends_at - now)
     hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
-    info = {"stage": plan.current_stage + 1, "stages": len(stages), "percentage": stage.percentage,
-            "ends_at": ends_at, "time_left": f"{hours // 24}d {hours % 24}h {minutes}m", "calls": calls,
-            "error_rate": error_rate, "last_stage": last}
-    if calls < max(1, plan.min_samples) or error_rate is None:
-        info.update(decision="hold", why=f"{calls} of {max(1, plan.min_samples)} treatment calls needed")
-    elif error_rate is not None and Decimal(str(error_rate)) > plan.rollback_above:
-        info.update(decision="rollback", why=f"error rate {error_rate}% > {plan.rollback_above}%")
+    info: dict[str, Any] = {
+        "stage": plan.current_stage + 1, "stages": len(stages), "percentage": stage.percentage, "ends_at": ends_at,
+        "time_left": f"{hours // 24}d {hours % 24}h {minutes}m", "calls": calls,
+        "error_rate": None if advance.estimate is None else round(advance.estimate, 2), "last_stage": last,
+        "guardrails": [(r.rule.name, r.state, r.detail) for r in results],
+    }
+    critical = [r for r in results if r.state == guardrails.REGRESSING and r.rule.severity == Severity.CRITICAL]
+    regressing = [r for r in results if r.state == guardrails.REGRESSING]
+    unsure = [r for r in results if r.state == guardrails.NOT_ENOUGH]
+    if critical:
+        info.update(decision="rollback", why=f"'{critical[0].rule.name}' regressing: {critical[0].detail}")
+    elif rollback.state == guardrails.REGRESSING:
+        info.update(decision="rollback", why=f"error rate above {plan.rollback_above}%: {rollback.describe()}")
     elif now < ends_at:
         info.update(decision="hold", why=f"stage runs until {ends_at:%Y-%m-%d %H:%M} UTC")
-    elif Decimal(str(error_rate)) >= plan.advance_below:
-        info.update(decision="hold", why=f"error rate {error_rate}% is between {plan.advance_below}% and "
-                                         f"{plan.rollback_above}%")
+    elif calls < max(1, plan.min_samples):
+        info.update(decision="hold", why=f"{calls:,} of {max(1, plan.min_samples):,} treatment calls in this stage")
+    elif regressing:
+        info.update(decision="hold", why=f"'{regressing[0].rule.name}' regressing: {regressing[0].detail}")
+    elif unsure:
+        info.update(decision="hold", why=f"'{unsure[0].rule.name}': {unsure[0].detail}")
+    elif advance.state != guardrails.HEALTHY:
+        info.update(decision="hold", why=f"error rate not yet shown below {plan.advance_below}%: {advance.describe()}")
     else:
         info.update(decision="complete" if last else "advance",
-                    why=f"error rate {error_rate}% < {plan.advance_below}% over {calls} calls")
+                    why=f"every guardrail healthy over {calls:,} calls; error rate {advance.describe()}")
     return info
 
 
 def tick(plan_id: int, *, now: datetime | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """One beat for one running plan: advance, hold (saying why), complete, or roll back."""
+    """One beat for one running plan: advance, hold (saying why), complete, or step back."""
     now = now or timezone.now()
     with transaction.atomic():
         plan = RolloutPlan.objects.filter(pk=plan_id).select_related("flag").first()
@@ -207,20 +288,17 @@ def tick(plan_id: int, *, now: datetime | None = None, dry_run: bool = False) ->
         if dry_run:
             return info
         if info["decision"] == "rollback":
-            plan.state, plan.status_note = PlanState.ROLLED_BACK, f"rolled back: {info['why']}"
-            plan.save(update_fields=["state", "status_note", "updated_at"])
-            flag_services.flag_update(flag=plan.flag.key, rollout_percentage=0, actor=PLAN_ACTOR, source=Source.PLAN,
-                                      reason=f"rollout plan gate: {info['why']}", _from_plan=True)
+            step_back(plan, actor=PLAN_ACTOR, source=Source.PLAN, reason=f"rollout plan gate: {info['why']}", now=now)
         elif info["decision"] == "advance":
-            plan.status_note = f"advanced: {info['why']}"
+            plan.status_note = f"advanced: {info['why']}"[:500]
             _set_stage(plan, plan.current_stage + 1, actor=PLAN_ACTOR, source=Source.PLAN,
                        reason=f"rollout plan stage {plan.current_stage + 2}: {info['why']}", now=now)
         elif info["decision"] == "complete":
-            plan.state, plan.status_note = PlanState.COMPLETED, f"completed: {info['why']}"
-            plan.save(update_fields=["state", "status_note", "updated_at"])
+            plan.state, plan.status_note = PlanState.COMPLETED, f"completed: {info['why']}"[:500]
+            _save(plan, now, "state", "status_note")
         else:
             plan.status_note = f"holding: {info['why']}"[:500]
-            plan.save(update_fields=["status_note", "updated_at"])
+            _save(plan, now, "status_note")
         return info
 
 
@@ -235,7 +313,8 @@ def tick_all(*, now: datetime | None = None, dry_run: bool = False,
 
 def on_exposure_change(*, flag: Flag, actor: Actor, source: str, reason: str) -> None:
     """Someone other than the plan changed the flag's exposure: a running plan pauses and says so."""
-    pause_running_plan(flag, actor=actor, source=source, reason=reason or "no reason given")
+    pause_running_plan(flag, actor=actor, source=source, reason=reason or "no reason given",
+                       now=flag.updated_at)
 
 
 def plan_stages_by_flag() -> dict[int, str]:

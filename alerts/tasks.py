@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.utils import timezone
 
 from . import notify, plans, services
 
 
 @shared_task(name="alerts.check_alerts", soft_time_limit=50, time_limit=55, ignore_result=True)
 def check_alerts() -> None:
-    services.check_all()
-    plans.tick_all()
+    now = timezone.now()  # the check and the plans judge the same minutes
+    services.check_all(now=now)
+    plans.tick_all(now=now)
 
 
 @shared_task(name="alerts.send_notification", bind=True, max_retries=5, soft_time_limit=20, time_limit=30,

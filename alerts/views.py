@@ -16,8 +16,9 @@ from flags import selectors
 from flags.actors import Actor
 from flags.models import Flag
 from flags.views import can_manage, flag_or_404, manager_required, viewer_required
+from monitoring import selectors as metrics
 
-from . import plans, services
+from . import health, plans, services
 from .models import OPEN_STATES, Alert, AlertState, PlanState, RolloutPlan, Severity
 
 
@@ -40,6 +41,22 @@ def acknowledge(request: HttpRequest, key: str, alert_id: int) -> HttpResponse:
     alert = get_object_or_404(Alert, pk=alert_id, flag=flag)
     services.acknowledge(alert=alert, user=request.user)
     return _alerts_panel(request, flag, message=f"Acknowledged: {alert.rule.name}.")
+
+
+@require_GET
+@viewer_required
+def flag_guardrails(request: HttpRequest, key: str) -> HttpResponse:
+    """One tile per enabled rule: its state on the current stage, estimate, interval, threshold, the CUSUM of
+    the recent minutes, and the estimate with its interval over the page's window."""
+    flag = flag_or_404(key)
+    window = request.GET.get("window", metrics.DEFAULT_WINDOW)
+    window = window if window in metrics.WINDOWS else metrics.DEFAULT_WINDOW
+    now = timezone.now()
+    stage, results = health.flag_health(flag, now)
+    series = health.guardrail_series(flag, [result.rule for result in results], window, now)
+    tiles = [{"rule": r.rule, "state": r.state, "verdict": r.verdict, "detail": r.detail} for r in results]
+    return render(request, "alerts/panels.html#guardrails",
+                  {"flag": flag, "tiles": tiles, "series": series, "stage": stage, "window": window})
 
 
 def _plan_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
@@ -67,6 +84,10 @@ PLAN_ACTIONS = {
 }
 
 
+# Plan actions that raise exposure: while a critical guardrail fires they need "confirmed".
+RAISING = {"start", "resume", "advance"}
+
+
 @require_POST
 @manager_required("steer rollout plans")
 def plan_action(request: HttpRequest, key: str) -> HttpResponse:
@@ -82,14 +103,22 @@ def plan_action(request: HttpRequest, key: str) -> HttpResponse:
             message = "Draft plan created: 10% → 20% → 50% → 100%, one week each."
         elif action in PLAN_ACTIONS:
             plan = plans.active_plan(flag) or get_object_or_404(RolloutPlan, flag=flag, state=PlanState.DRAFT)
-            PLAN_ACTIONS[action](plan=plan, actor=actor)
+            if action in RAISING:
+                PLAN_ACTIONS[action](plan=plan, actor=actor, confirmed=request.POST.get("confirmed") == "yes")
+            else:
+                PLAN_ACTIONS[action](plan=plan, actor=actor)
             message = f"Plan {action}: done."
         else:
             raise ValidationError(f"unknown action {action!r}")
+    except plans.NeedsConfirmation as exc:
+        status, message, extra = 400, "; ".join(exc.messages), {"confirm_action": action}
     except ValidationError as exc:
-        status, message = 400, "; ".join(exc.messages)
+        status, message, extra = 400, "; ".join(exc.messages), {}
+    else:
+        extra = {}
     response = render(request, "alerts/panels.html#plan",
-                      _plan_context(request, flag, **({"error": message} if status == 400 else {"message": message})),
+                      _plan_context(request, flag, **({"error": message} if status == 400 else {"message": message}),
+                                    **extra),
                       status=status)
     if status == 200:
         trigger_client_event(response, "plan-changed", {})

@@ -129,6 +129,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
         "audit": selectors.audit_for_flag(flag, limit=15),
         "counts": selectors.override_counts(flag),
         "last_change": selectors.last_change(flag),
+        "firing": _firing(flag),
         **extra,
     }
 
@@ -144,9 +145,17 @@ def flag_detail(request: HttpRequest, key: str) -> HttpResponse:
     return render(request, template, _detail_context(request, flag))
 
 
+def _firing(flag: Flag) -> str:
+    """Why raising this flag needs confirmation now: its open critical guardrail episodes, or ''."""
+    from alerts import health
+
+    firing = health.firing_critical(flag)
+    return health.firing_reason(firing) if firing else ""
+
+
 def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
     context = {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
-               **extra}
+               "firing": _firing(flag), **extra}
     response = render(request, "flags/flag_detail.html#controls", context, status=status)
     if extra.get("changed"):
         trigger_client_event(response, "flag-changed", {"version": flag.version})
@@ -162,17 +171,20 @@ def _expected_version(request: HttpRequest) -> int | None:
 @require_POST
 @manager_required("change a rollout")
 def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
-    """The slider, applied on release. A jump of more than 25 points, or to 100%, must be confirmed."""
+    """The slider, applied on release. A jump of more than 25 points, or to 100%, or any raise while a
+    critical guardrail fires, must be confirmed."""
     flag = flag_or_404(key)
     try:
         target = services.parse_percentage(request.POST.get("rollout_percentage", ""))
     except ValidationError as exc:
         return _controls(request, flag, status=400, error=" ".join(exc.message_dict["rollout_percentage"]))
     current = flag.rollout_percentage
-    needs_confirmation = target > current and (target - current > BIG_STEP or target == 100)
+    firing = _firing(flag) if target > current else ""
+    needs_confirmation = target > current and (target - current > BIG_STEP or target == 100 or bool(firing))
     if needs_confirmation and request.POST.get("confirmed") != "yes":
+        why = f" ({firing})" if firing else ""
         return _controls(request, flag, status=400,
-                         error=f"Raising the rollout from {current}% to {target}% needs confirmation.")
+                         error=f"Raising the rollout from {current}% to {target}% needs confirmation{why}.")
     try:
         flag = services.flag_set_rollout(
             flag=flag, percentage=target, actor=Actor.for_user(request.user), source=Source.UI,

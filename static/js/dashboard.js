@@ -32,9 +32,10 @@
       if (target === current) return;
       var confirmed = form.querySelector("[data-confirmed]");
       confirmed.value = "";
-      if (target > current && (target - current > BIG_STEP || target === 100)) {
+      var firing = slider.dataset.firing || "";
+      if (target > current && (target - current > BIG_STEP || target === 100 || firing)) {
         var ok = window.confirm("Raise the rollout from " + current + "% to " + target + "%? " +
-          "That exposes many more users at once.");
+          (firing ? "A " + firing + "." : "That exposes many more users at once."));
         if (!ok) {
           slider.value = Math.round(current);
           output.textContent = current + "%";
@@ -105,14 +106,71 @@
     window.rolloutCharts = charts; // for the browser tests and the curious
   }
 
+  // --- guardrail tiles: estimate, confidence interval (band) and threshold over the window ---
+  var guardrailCharts = {};
+  // Dashed vertical lines where the rollout changed (the interval starts again there).
+  var markerPlugin = {
+    id: "rolloutMarkers",
+    afterDatasetsDraw: function (chart) {
+      var indices = (chart.options.plugins.rolloutMarkers || {}).indices || [];
+      var x = chart.scales.x, area = chart.chartArea, ctx = chart.ctx;
+      ctx.save();
+      ctx.strokeStyle = "#6b7280";
+      ctx.setLineDash([4, 4]);
+      indices.forEach(function (i) {
+        var px = x.getPixelForValue(i);
+        ctx.beginPath(); ctx.moveTo(px, area.top); ctx.lineTo(px, area.bottom); ctx.stroke();
+      });
+      ctx.restore();
+    }
+  };
+
+  function markerIndices(labels, markers) {
+    return markers.map(function (m) {
+      var at = new Date(m.at).getTime();
+      for (var i = 0; i < labels.length; i++) { if (new Date(labels[i]).getTime() >= at) return i; }
+      return labels.length - 1;
+    });
+  }
+
+  function renderGuardrails() {
+    var node = document.getElementById("guardrail-data");
+    if (!node || typeof Chart === "undefined") return;
+    var data = JSON.parse(node.textContent);
+    var labels = data.labels.map(shortLabel);
+    var indices = markerIndices(data.labels, data.markers);
+    document.querySelectorAll("canvas[data-guardrail]").forEach(function (canvas) {
+      var rule = canvas.dataset.guardrail, line = data.rules[rule];
+      if (!line) return;
+      if (guardrailCharts[rule]) guardrailCharts[rule].destroy();
+      var threshold = labels.map(function () { return line.threshold; });
+      guardrailCharts[rule] = new Chart(canvas, {
+        type: "line",
+        data: { labels: labels, datasets: [
+          { label: "interval low", data: line.low, borderColor: "#93c5fd", pointRadius: 0, borderWidth: 1, spanGaps: false },
+          { label: "interval high", data: line.high, borderColor: "#93c5fd", backgroundColor: "rgba(147,197,253,0.3)",
+            fill: "-1", pointRadius: 0, borderWidth: 1, spanGaps: false },
+          { label: "estimate", data: line.estimate, borderColor: COLORS.treatment, pointRadius: 0, borderWidth: 2 },
+          { label: "threshold", data: threshold, borderColor: "#dc2626", borderDash: [6, 4], pointRadius: 0, borderWidth: 1 }
+        ] },
+        options: { animation: false, responsive: true, maintainAspectRatio: false,
+                   plugins: { legend: { display: false }, rolloutMarkers: { indices: indices } } },
+        plugins: [markerPlugin]
+      });
+    });
+    window.guardrailCharts = guardrailCharts;
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     initSlider(document);
     renderCharts();
+    renderGuardrails();
   });
   document.addEventListener("htmx:load", function (event) {
     initSlider(event.target);
     if (event.target.id === "metrics" || (event.target.querySelector && event.target.querySelector("#chart-data"))) {
       renderCharts();
     }
+    if (event.target.id === "guardrails") renderGuardrails();
   });
 })();

@@ -38,5 +38,21 @@ def feed(*, calls: int, failures: int = 0, mode: str = "patch", at: datetime | N
     monitoring.ingest(records, now=max(at, timezone.now()) if at is not None else None)
 
 
+def begin_stage(flag, at: datetime, percentage: int | str = 20, *, enabled: bool = True):  # type: ignore[no-untyped-def]
+    """Change the flag's exposure at `at` (a moment in the past): a rollout stage begins then, and the
+    guardrails count only complete minutes from the first whole minute after it."""
+    from flags import services
+    from flags.actors import Actor
+    from flags.models import Flag, Source
+
+    flag = flag if isinstance(flag, Flag) else Flag.objects.get(key=flag)
+    # A different percentage first, so that the change at `at` is a change even if it is already set.
+    if flag.rollout_percentage == percentage and flag.enabled == enabled:
+        services.flag_update(flag=flag, rollout_percentage=0 if str(percentage) != "0" else 1, now=at,
+                             actor=Actor.system("test-suite"), source=Source.CLI)
+    return services.flag_update(flag=flag, rollout_percentage=percentage, enabled=enabled, now=at,
+                                actor=Actor.system("test-suite"), source=Source.CLI)
+
+
 def by_metric(results) -> dict:  # type: ignore[no-untyped-def]
     return {result.rule.metric: result for result in results}

@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,14 +16,14 @@ from django.db import connection, connections, transaction
 from alerts import notify, tasks
 from alerts import services as alert_services
 from alerts.models import Alert, Notification, NotificationStatus
-from flags import services
-from flags.actors import Actor
-from flags.models import Flag, Source
-from tests.alerts import feed, minute_ago
+from flags.models import Flag
+from tests.alerts import begin_stage, feed, minute_ago
 
 pytestmark = pytest.mark.django_db
 
 ERROR_RULE = "Patch Mode error rate above 5%"
+DELTA_RULE = "Patch Mode errors more than 1 point above Single Mode"
+SUCCESS_RULE = "Success rate below 95%"
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -71,14 +71,20 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/hooks/alerts"
 
 
-def fire(flag: Flag, *, rollout: int | None = None) -> Alert:
-    """Open the error-rate alert of the flag (20% errors), optionally from a rollout the cap reduces."""
-    if rollout is not None:
-        services.flag_set_rollout(flag=flag, percentage=rollout, enabled=True, actor=Actor.system("t"),
-                                  source=Source.UI)
+def failing_stage(flag: Flag, rollout: int = 20) -> datetime:
+    """A stage at `rollout` begun three hours ago, then a minute of Patch Mode calls all failing beside healthy
+    Single Mode calls (half their tokens, the same latency: only the error rules regress). Returns the moment
+    to check at: after that minute is complete."""
     t = minute_ago()
-    feed(calls=20, failures=4, at=t)
-    alert_services.check_flag(flag.key, now=t)
+    begin_stage(flag, t, rollout)
+    feed(calls=40, failures=40, at=t + timedelta(minutes=1), tokens=400)
+    feed(calls=40, mode="single", at=t + timedelta(minutes=1), tokens=800)
+    return t + timedelta(minutes=3)
+
+
+def fire(flag: Flag, *, rollout: int = 20) -> Alert:
+    """Open the error-rate alert of the flag (every Patch Mode call failing), rolling it back from `rollout`."""
+    alert_services.check_flag(flag.key, now=failing_stage(flag, rollout))
     return Alert.objects.get(flag=flag, rule__name=ERROR_RULE)
 
 
@@ -111,7 +117,7 @@ def test_the_webhook_receives_a_slack_compatible_json_body_with_text(flag, webho
     assert isinstance(body["text"], str)
     assert "[CRITICAL] patch_mode_enabled: Patch Mode error rate above 5% firing" in body["text"]
     assert alert.message in body["text"]
-    assert "Actions: rollout reduced from 80.00% to 50" in body["text"]
+    assert "Actions: rollout reduced from 80.00% to 0%" in body["text"]
     assert body["alert"] == {"id": alert.pk, "event": "firing", "flag": "patch_mode_enabled", "rule": ERROR_RULE,
                              "severity": "critical", "value": str(alert.value)}
     notification.refresh_from_db()
@@ -123,9 +129,12 @@ def test_a_resolved_notification_says_resolved(flag, webhook, webhook_only):
     server, url = webhook()
     webhook_only(url)
     alert = fire(flag)
-    t = alert.last_checked_at
-    feed(calls=20, at=t + timedelta(minutes=20))
+    t = alert.last_checked_at  # the rollback began a new stage then: healthy calls in it resolve the alert
+    feed(calls=300, at=t + timedelta(minutes=20), tokens=400)
+    feed(calls=300, mode="single", at=t + timedelta(minutes=20), tokens=800)
     alert_services.check_flag(flag.key, now=t + timedelta(minutes=21))
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
     notify.send(only(alert, "webhook", "resolved").pk)
     (request,) = server.received
     assert request["body"]["alert"]["event"] == "resolved"
@@ -223,7 +232,7 @@ def test_email_goes_to_every_address_in_alert_emails(flag, settings):
     (message,) = mail.outbox
     assert message.to == ["ops@example.com", "oncall@example.com"]
     assert message.subject.endswith("[CRITICAL] patch_mode_enabled: Patch Mode error rate above 5% firing")
-    assert alert.message in message.body and "Actions: rollout reduced from 80.00% to 50" in message.body
+    assert alert.message in message.body and "Actions: rollout reduced from 80.00% to 0%" in message.body
     assert message.from_email == settings.DEFAULT_FROM_EMAIL
     notification.refresh_from_db()
     assert notification.status == NotificationStatus.SENT and notification.attempts == 1
@@ -247,17 +256,19 @@ def test_a_check_delivers_its_notifications_after_commit_through_the_celery_task
     server, url = webhook()
     settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], url
     settings.CELERY_TASK_ALWAYS_EAGER = True
-    t = minute_ago()
-    feed(calls=20, failures=4, at=t)  # fires the error-rate and the success-rate rules
+    # Fires the error-rate and the error-rate-delta rules; the success-rate rule is covered by the error-rate
+    # rule and opens no episode of its own.
+    now = failing_stage(flag)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        alert_services.check_flag(flag.key, now=t)
+        alert_services.check_flag(flag.key, now=now)
     assert server.received == [] and mail.outbox == []  # nothing goes out before the check commits
     for callback in callbacks:
         callback()
     rules = sorted(request["body"]["alert"]["rule"] for request in server.received)
-    assert rules == [ERROR_RULE, "Success rate below 95%"]
-    assert sorted(m.subject.rsplit(": ", 1)[1] for m in mail.outbox) == [
-        "Patch Mode error rate above 5% firing", "Success rate below 95% firing"]
+    assert rules == sorted([ERROR_RULE, DELTA_RULE])
+    assert sorted(m.subject.rsplit(": ", 1)[1] for m in mail.outbox) == sorted([
+        f"{ERROR_RULE} firing", f"{DELTA_RULE} firing"])
+    assert not Alert.objects.filter(rule__name=SUCCESS_RULE).exists()
     assert set(Notification.objects.values_list("status", flat=True)) == {NotificationStatus.SENT}
     assert Notification.objects.count() == 4
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -9,9 +10,9 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from alerts import services as alert_services
-from alerts.models import Alert, AlertRule, PlanState, RolloutPlan
+from alerts.models import DEFAULT_RULES, Alert, AlertRule, PlanState, RolloutPlan
 from flags.models import AuditEntry, Flag
-from monitoring import services as monitoring
+from tests.alerts import begin_stage, feed, minute_ago
 
 pytestmark = pytest.mark.django_db
 
@@ -30,14 +31,20 @@ def client_in(django_user_model):
 
 @pytest.fixture
 def firing(flag):
-    monitoring.ingest([{"user_id": f"u{i}", "mode": "patch", "latency_ms": 100, "tokens_used": 800,
-                        "success": i % 2 == 0} for i in range(40)])
-    alert_services.check_flag(flag.key)
+    """A rollout stage begun three hours ago, then a minute of Patch Mode calls half failing and using as many
+    tokens as Single Mode: the critical error-rate and error-delta rules and the warning tokens rule fire."""
+    t = minute_ago()
+    begin_stage(flag, t, 20)
+    feed(calls=40, failures=20, at=t + timedelta(minutes=1), tokens=800)
+    feed(calls=40, mode="single", at=t + timedelta(minutes=1), tokens=800)
+    alert_services.check_flag(flag.key, now=t + timedelta(minutes=3))
     return Alert.objects.get(flag=flag, rule__metric="error_rate")
 
 
-def test_new_flags_get_the_four_seed_rules(flag):
-    assert AlertRule.objects.filter(flag=flag).count() == 4
+def test_new_flags_get_the_five_default_rules(flag):
+    assert AlertRule.objects.filter(flag=flag).count() == 5
+    assert sorted(AlertRule.objects.filter(flag=flag).values_list("name", flat=True)) == sorted(
+        rule["name"] for rule in DEFAULT_RULES)
 
 
 def test_open_alerts_panel_lists_firing_alerts_and_a_manager_acknowledges(client_in, firing):
@@ -62,10 +69,12 @@ def test_viewers_see_alerts_but_cannot_acknowledge(client_in, firing):
 def test_alert_history_filters_by_flag_state_and_severity(client_in, firing, make_flag):
     viewer = client_in("Rollout viewers")
     page = viewer.get("/alerts/", {"flag": "patch_mode_enabled", "severity": "critical"}).content.decode()
-    assert page.count('class="alert-row"') == 1 and "Patch Mode error rate above 5%" in page
+    assert page.count('class="alert-row"') == 2 and "Patch Mode error rate above 5%" in page
+    assert "Patch Mode errors more than 1 point above Single Mode" in page and "Token savings low" not in page
     assert 'class="alert-row"' not in viewer.get("/alerts/", {"state": "resolved"}).content.decode()
     warnings = viewer.get("/alerts/", {"severity": "warning"}).content.decode()
-    assert "Success rate below 95%" in warnings and "error rate above 5%" not in warnings
+    assert warnings.count('class="alert-row"') == 1 and "Token savings low" in warnings
+    assert "error rate above 5%" not in warnings and "Success rate below 95%" not in warnings
 
 
 def plan_post(client: Client, action: str):

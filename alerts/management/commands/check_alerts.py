@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from alerts import plans, services
 from flags import selectors
@@ -20,16 +21,17 @@ class Command(BaseCommand):
             raise CommandError(f"unknown flag {key!r}")
         dry = options["dry_run"]
         verb = "would" if dry else "did"
-        results = services.check_all(flag_key=key, dry_run=dry)
+        now = timezone.now()  # one moment for the check and the plans, as the beat task does
+        results = services.check_all(flag_key=key, dry_run=dry, now=now)
         for flag_key, rules in results.items():
             self.stdout.write(f"{flag_key}:")
             if not rules:
                 self.stdout.write("  (no enabled rules)")
             for result in rules:
-                self.stdout.write(f"  [{result.state:>7}] {result.rule.name}: {result.detail}")
+                self.stdout.write(f"  [{result.state:>15}] {result.rule.name}: {result.detail}")
                 for action in result.actions:
-                    self.stdout.write(f"            {verb}: {action}")
-        for plan_id, info in plans.tick_all(dry_run=dry, flag_key=key).items():
+                    self.stdout.write(f"{'':20}{verb}: {action}")
+        for plan_id, info in plans.tick_all(dry_run=dry, flag_key=key, now=now).items():
             self.stdout.write(f"plan {plan_id}: {verb} {info.get('decision')}: {info.get('why', '')}")
         if dry:
             self.stdout.write("Dry run: nothing was changed and nothing was sent.")
