@@ -27,7 +27,8 @@ class NotificationInline(admin.TabularInline):
 
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
-    list_display = ["opened_at", "flag", "rule", "severity", "state", "value", "acknowledged_by", "resolved_at"]
+    list_display = ["opened_at", "flag", "rule", "severity", "state", "value_display", "acknowledged_by",
+                    "resolved_at"]
     list_filter = ["state", "severity", "flag", "opened_at"]
     readonly_fields = ["rule", "flag", "state", "severity", "message", "value", "opened_at", "last_checked_at",
                        "acknowledged_at", "acknowledged_by", "resolved_at", "actions_taken"]

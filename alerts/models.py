@@ -125,6 +125,15 @@ class Alert(models.Model):
     def __str__(self) -> str:
         return f"{self.flag.key}: {self.rule.name} ({self.state})"
 
+    @property
+    def value_display(self) -> str:
+        """The estimate when last judged, with its unit (9.49%, +8.29 points, 1.62x baseline)."""
+        if self.value is None:
+            return ""
+        unit = UNITS.get(self.rule.metric, "")
+        number = f"{self.value:+.2f}" if unit == " points" else f"{self.value:.2f}"
+        return f"{number}{unit}"
+
 
 class NotificationStatus(models.TextChoices):
     PENDING = "pending", "pending"

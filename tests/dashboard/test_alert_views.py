@@ -77,6 +77,14 @@ def test_alert_history_filters_by_flag_state_and_severity(client_in, firing, mak
     assert "error rate above 5%" not in warnings and "Success rate below 95%" not in warnings
 
 
+def test_alert_history_shows_values_with_their_units(client_in, firing):
+    page = client_in("Rollout viewers").get("/alerts/").content.decode()
+    for alert in Alert.objects.select_related("rule"):
+        unit = {"error_rate": "%", "error_rate_delta": " points", "tokens_ratio": "x baseline"}[alert.rule.metric]
+        number = f"{alert.value:+.2f}" if unit == " points" else f"{alert.value:.2f}"
+        assert f"<td>{number}{unit}</td>" in page
+
+
 def plan_post(client: Client, action: str):
     return client.post("/flags/patch_mode_enabled/plan/action", {"action": action}, HTTP_HX_REQUEST="true")
 
