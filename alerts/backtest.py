@@ -3,8 +3,10 @@
 Everything runs inside one transaction that is rolled back at the end: the flag is put back to its state
 at `since` (undoing, newest first, every audited change made after it), alerts are cleared, rule changes
 under trial are applied, and then each minute the flag's recorded changes of that minute are replayed
-(so stages begin where they really began) and `alerts.services.check_all` runs with that minute as
-`now`, exactly as the beat would have. What it would have done is returned as events.
+(so stages begin where they really began; the remediations the checker really made are not replayed,
+since the replay decides its own) and `alerts.services.check_all` runs with that minute as `now`,
+exactly as the beat would have. What it would have done is returned as events: episodes opened and
+resolved, and the actions that changed something.
 
 What a replay cannot know: after a remediation the recorded traffic stays what it was (a real rollback
 would have moved users to the baseline), and rollout plans are not ticked (a running plan is set aside).
@@ -20,7 +22,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from flags.models import EXPOSURE_FIELDS, AuditEntry, Flag
+from flags.models import EXPOSURE_FIELDS, AuditEntry, Flag, Source
 
 from . import health, services
 from .models import Alert, AlertRule, PlanState, RolloutPlan
@@ -94,7 +96,10 @@ def _replay_recorded(flag: Flag, entries: list[AuditEntry]) -> list[Event]:
         values = {name: entry.after[name] for name in EXPOSURE_FIELDS if name in entry.after}
         if values:
             Flag.objects.filter(pk=flag.pk).update(**values)
-            changes = ", ".join(f"{name} {entry.before.get(name)} -> {value}" for name, value in values.items())
+            if entry.action == "create":
+                changes = "created: " + ", ".join(f"{name} {value}" for name, value in values.items())
+            else:
+                changes = ", ".join(f"{name} {entry.before.get(name)} -> {value}" for name, value in values.items())
             events.append(Event(entry.created_at, "recorded",
                                 f"{changes} by {entry.actor} ({entry.get_source_display()})"))
     return events
@@ -113,7 +118,8 @@ def backtest(flag: Flag, since: datetime, until: datetime, overrides: list[str] 
         flag = Flag.objects.select_for_update().get(pk=flag.pk)
         recorded = list(AuditEntry.objects.filter(flag=flag, created_at__gt=since).order_by("-created_at", "-id"))
         _restore(flag, recorded)
-        recorded.reverse()
+        ignore = frozenset(entry.pk for entry in recorded if entry.source == Source.ALERT)
+        recorded = [entry for entry in reversed(recorded) if entry.pk not in ignore]
         Alert.objects.filter(flag=flag).delete()
         RolloutPlan.objects.filter(flag=flag, state=PlanState.RUNNING).update(state=PlanState.PAUSED)
         for rule_id, name, value in parsed:
@@ -124,7 +130,7 @@ def backtest(flag: Flag, since: datetime, until: datetime, overrides: list[str] 
             due = [entry for entry in recorded if entry.created_at <= moment]
             recorded = recorded[len(due):]
             events += _replay_recorded(flag, due)
-            for result in services.check_all(now=moment, flag_key=flag.key).get(flag.key, []):
+            for result in services.check_all(now=moment, flag_key=flag.key, ignore=ignore).get(flag.key, []):
                 events += _events(moment, result)
         transaction.set_rollback(True)
     return events
@@ -138,6 +144,6 @@ def _events(moment: datetime, result: health.RuleResult) -> list[Event]:
             out.append(Event(moment, "opened", f"'{rule.name}' ({rule.severity}): {result.detail}"))
         elif action == "alert resolved":
             out.append(Event(moment, "resolved", f"'{rule.name}': {result.detail}"))
-        elif not action.startswith("in cooldown"):
+        elif result.acted:
             out.append(Event(moment, "action", f"'{rule.name}': {action}"))
     return out

@@ -43,6 +43,7 @@ class RuleResult:
     state: str  # guardrails.REGRESSING, HEALTHY, NOT_ENOUGH, or COVERED
     detail: str
     actions: list[str] = field(default_factory=list)
+    acted: bool = False  # the check changed the flag or its plan for this rule
 
     @property
     def value(self) -> float | None:
@@ -67,11 +68,13 @@ def _arm(sums: dict[str, Any] | None) -> Arm:
                tokens_sq=float(sums["tokens_sq"]))
 
 
-def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] | None = None) -> dict[str, StageData]:
+def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] | None = None,
+               ignore: frozenset[int] = frozenset()) -> dict[str, StageData]:
     """Each flag's stage totals and recent minutes as of `now`. `since` moves a flag's start later (a
-    plan's stage began at a change that left the percentage as it was)."""
+    plan's stage began at a change that left the percentage as it was); `ignore`: audit entries that do not
+    count as stage boundaries (flags.selectors.stage_starts)."""
     end = minute_floor(now)
-    starts = flag_selectors.stage_starts(flags, now)
+    starts = flag_selectors.stage_starts(flags, now, ignore=ignore)
     out: dict[str, StageData] = {}
     for flag in flags:
         started = starts.get(flag.pk, flag.created_at)

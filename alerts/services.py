@@ -115,14 +115,15 @@ def _value(result: RuleResult) -> Decimal | None:
     return None if estimate is None else Decimal(str(round(estimate, 3)))
 
 
-def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = False) -> list[RuleResult]:
+def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = False,
+               ignore: frozenset[int] = frozenset()) -> list[RuleResult]:
     """Judge every enabled rule of one flag and act on the verdicts, under a row lock on the flag."""
     now = now or timezone.now()
     with transaction.atomic():
         flag = Flag.objects.select_for_update().get(key=flag_key)
         open_alerts = {a.rule_id: a for a in Alert.objects.filter(flag=flag, state__in=OPEN_STATES)}
         rules = list(AlertRule.objects.filter(flag=flag, enabled=True).order_by("id"))
-        data = health.stage_data([flag], now)[flag.key]
+        data = health.stage_data([flag], now, ignore=ignore)[flag.key]
         results = health.judge_rules(rules, data, set(open_alerts))
         stepped_back_by: AlertRule | None = None
         for result in results:
@@ -165,6 +166,7 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
             else:
                 done, acted = _remediate(rule, flag, result, now, dry_run=dry_run)
                 result.actions += done
+                result.acted = acted
                 if acted and not dry_run:
                     alert.actions_taken = [*alert.actions_taken, {"at": now.isoformat(), "what": done}]
         alert.save()
@@ -183,10 +185,12 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
     return acted
 
 
-def check_all(*, now: datetime | None = None, dry_run: bool = False,
-              flag_key: str | None = None) -> dict[str, list[RuleResult]]:
+def check_all(*, now: datetime | None = None, dry_run: bool = False, flag_key: str | None = None,
+              ignore: frozenset[int] = frozenset()) -> dict[str, list[RuleResult]]:
     """Check every flag. A first pass reads without locks; only a flag with a regressing rule or an open
-    alert (something to open, update, remediate or resolve) is checked again under its row lock."""
+    alert (something to open, update, remediate or resolve) is checked again under its row lock.
+    `ignore`: audit entries that are not stage boundaries (alerts.backtest leaves out the real
+    remediations it replays)."""
     now = now or timezone.now()
     flags = Flag.objects.order_by("key")
     if flag_key:
@@ -198,7 +202,7 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False,
     open_rules: dict[int, set[int]] = {}
     for flag_id, rule_id in Alert.objects.filter(state__in=OPEN_STATES).values_list("flag_id", "rule_id"):
         open_rules.setdefault(flag_id, set()).add(rule_id)
-    data = health.stage_data([flag for flag in flags if flag.pk in rules], now)
+    data = health.stage_data([flag for flag in flags if flag.pk in rules], now, ignore=ignore)
     results: dict[str, list[RuleResult]] = {}
     for flag in flags:
         if flag.pk not in rules:
@@ -206,7 +210,7 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False,
             continue
         first = health.judge_rules(rules[flag.pk], data[flag.key], open_rules.get(flag.pk, set()))
         if flag.pk in open_rules or any(result.state == guardrails.REGRESSING for result in first):
-            results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run)
+            results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run, ignore=ignore)
         else:
             results[flag.key] = first  # healthy or not enough data, nothing open: nothing to write
     return results
