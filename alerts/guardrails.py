@@ -54,7 +54,7 @@ SHIFT_DELTA = 5.0
 BASELINE_RATE_FLOOR = 0.005
 # Default CUSUM limits per family, chosen by simulation (bench/bench_guardrails.py prints the
 # false-alarm and delay figures they give).
-DEFAULT_CUSUM_LIMIT = {ERROR_RATE: 6.0, SUCCESS_RATE: 6.0, ERROR_RATE_DELTA: 6.0, LATENCY_RATIO: 12.0,
+DEFAULT_CUSUM_LIMIT = {ERROR_RATE: 7.0, SUCCESS_RATE: 7.0, ERROR_RATE_DELTA: 7.0, LATENCY_RATIO: 12.0,
                        TOKENS_RATIO: 12.0}
 
 
@@ -202,8 +202,9 @@ def _judge_rate(spec: Spec, treatment: Arm, recent: list[tuple[Arm, Arm]]) -> Ve
             verdict.estimate, verdict.low, verdict.high = 100 * (1 - rate), 100 * (1 - high), 100 * (1 - low)
         else:
             verdict.estimate, verdict.low, verdict.high = 100 * rate, 100 * low, 100 * high
-        needed = seq.proportion_calls_needed(treatment.failures, treatment.calls, p0, spec.alpha)
-        verdict.calls_needed = None if needed is None else max(0, needed - treatment.calls)
+        if low <= p0 <= high:  # undecided: how many more calls would tell (the costliest step, so only then)
+            needed = seq.proportion_calls_needed(treatment.failures, treatment.calls, p0, spec.alpha)
+            verdict.calls_needed = None if needed is None else max(0, needed - treatment.calls)
     p1 = _clamp(p0 * SHIFT_ABSOLUTE if worse_high else p0 / SHIFT_ABSOLUTE)
     verdict.cusum = seq.bernoulli_cusum(((t.failures, t.calls) for t, _ in recent), p0, p1)
     return _decide(verdict, spec.worse_high, spec.limit())
