@@ -35,6 +35,10 @@ class StageData:
     baseline: Arm = field(default_factory=Arm)
     recent: list[tuple[Arm, Arm]] = field(default_factory=list)
 
+    @property
+    def minutes(self) -> int:
+        return max(0, int((self.data_to - self.data_from).total_seconds() // 60))
+
 
 @dataclass
 class RuleResult:
@@ -105,10 +109,11 @@ def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] |
     return out
 
 
-def spec_for(rule: AlertRule) -> Spec:
+def spec_for(rule: AlertRule, stage_minutes: int = 0) -> Spec:
     return Spec(metric=rule.metric, threshold=float(rule.threshold),
                 worse_high=rule.comparison in (Comparison.GT, Comparison.GTE), alpha=float(rule.alpha),
-                cusum_limit=float(rule.cusum_limit) if rule.cusum_limit is not None else None)
+                cusum_limit=float(rule.cusum_limit) if rule.cusum_limit is not None else None,
+                stage_minutes=stage_minutes)
 
 
 def _covers(error_rule: AlertRule, success_rule: AlertRule) -> bool:
@@ -126,7 +131,7 @@ def judge_rules(rules: list[AlertRule], data: StageData,
     episode."""
     results = []
     for rule in rules:
-        verdict = guardrails.judge(spec_for(rule), data.treatment, data.baseline, data.recent)
+        verdict = guardrails.judge(spec_for(rule, data.minutes), data.treatment, data.baseline, data.recent)
         results.append(RuleResult(rule, verdict, verdict.state, verdict.describe()))
     for result in results:
         if result.state != guardrails.REGRESSING or result.rule.metric != Metric.SUCCESS_RATE:

@@ -235,7 +235,7 @@ def gate(plan: RolloutPlan, now: datetime) -> dict[str, Any]:
     stage = stages[plan.current_stage]
     started = plan.stage_started_at or now
     data, results = health.flag_health(plan.flag, now, since=started)
-    error = guardrails.Spec(guardrails.ERROR_RATE, 0.0)
+    error = guardrails.Spec(guardrails.ERROR_RATE, 0.0, stage_minutes=data.minutes)
     rollback = guardrails.judge(replace(error, threshold=float(plan.rollback_above)), data.treatment, data.baseline,
                                 data.recent)
     advance = guardrails.judge(replace(error, threshold=float(plan.advance_below)), data.treatment, data.baseline,

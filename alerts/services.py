@@ -110,9 +110,16 @@ def _enqueue(notification_id: int) -> None:
         logger.exception("could not enqueue notification %s", notification_id)
 
 
+# Alert.value holds 14 digits, 3 after the point: an absurd estimate (a baseline of 1 token against 10^9)
+# is shown at the edge of that range instead of failing the check.
+VALUE_LIMIT = 10**11 - 1
+
+
 def _value(result: RuleResult) -> Decimal | None:
     estimate = result.verdict.estimate
-    return None if estimate is None else Decimal(str(round(estimate, 3)))
+    if estimate is None:
+        return None
+    return Decimal(str(round(max(-VALUE_LIMIT, min(VALUE_LIMIT, estimate)), 3)))
 
 
 def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = False,
@@ -208,11 +215,16 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False, flag_key: s
         if flag.pk not in rules:
             results[flag.key] = []
             continue
-        first = health.judge_rules(rules[flag.pk], data[flag.key], open_rules.get(flag.pk, set()))
-        if flag.pk in open_rules or any(result.state == guardrails.REGRESSING for result in first):
-            results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run, ignore=ignore)
-        else:
-            results[flag.key] = first  # healthy or not enough data, nothing open: nothing to write
+        try:
+            first = health.judge_rules(rules[flag.pk], data[flag.key], open_rules.get(flag.pk, set()))
+            if flag.pk in open_rules or any(result.state == guardrails.REGRESSING for result in first):
+                results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run, ignore=ignore)
+            else:
+                results[flag.key] = first  # healthy or not enough data, nothing open: nothing to write
+        except Exception:
+            # One flag's failure must not leave every other flag unguarded for this beat.
+            logger.exception("alert check of flag %s failed", flag.key)
+            results[flag.key] = []
     return results
 
 

@@ -401,3 +401,42 @@ def test_tokens_exactly_at_threshold_is_rarely_regressing_by_the_interval():
                                  lambda r: minute(r, 20, mean_tokens=800, sd_tokens=240),
                                  lambda r: minute(r, 20, mean_tokens=1000, sd_tokens=300))
     assert by_interval / runs <= allowance(spec.alpha, runs)
+
+
+# --- rules that look the other way, and the limit over a long stage --------------------------------
+
+
+def test_a_lower_is_worse_delta_rule_is_healthy_when_the_difference_is_on_its_good_side():
+    # "treatment minus baseline < -5 points" is worse when lower: at 7% against 10% (-3 points) it is
+    # healthy, and neither its interval nor its CUSUM may say otherwise, minute after minute.
+    rule = g.Spec(g.ERROR_RATE_DELTA, -5.0, worse_high=False)
+    for seed in range(5):
+        rng = random.Random(3000 + seed)
+        stage = Stage()
+        for _ in range(120):
+            stage.add(minute(rng, 100, rate=0.07), minute(rng, 400, rate=0.10))
+            verdict = stage.judge(rule)
+            assert verdict.state != g.REGRESSING, (seed, verdict)
+        assert verdict.cusum < verdict.cusum_limit
+        assert verdict.state == g.HEALTHY and verdict.low > -5.0
+
+
+def test_a_lower_is_worse_delta_rule_catches_the_treatment_falling_below_its_bound():
+    # The same rule with the treatment at 2% against 10% (-8 points): regressing.
+    rule = g.Spec(g.ERROR_RATE_DELTA, -5.0, worse_high=False)
+    rng = random.Random(3100)
+    stage = Stage()
+    for _ in range(30):
+        stage.add(minute(rng, 100, rate=0.02), minute(rng, 400, rate=0.10))
+    assert stage.judge(rule).state == g.REGRESSING
+
+
+def test_the_cusum_limit_grows_with_the_log_of_the_stage_length():
+    base = g.DEFAULT_CUSUM_LIMIT[g.ERROR_RATE_DELTA]
+    assert g.Spec(g.ERROR_RATE_DELTA, 1.0).limit() == base
+    assert g.Spec(g.ERROR_RATE_DELTA, 1.0, stage_minutes=g.LIMIT_GROWTH_MINUTES).limit() == pytest.approx(
+        base + math.log(2))
+    week = g.Spec(g.ERROR_RATE_DELTA, 1.0, stage_minutes=7 * 24 * 60).limit()
+    assert week == pytest.approx(base + math.log(1 + 7 * 24 * 60 / g.LIMIT_GROWTH_MINUTES))
+    assert g.Spec(g.ERROR_RATE_DELTA, 1.0, cusum_limit=3.0, stage_minutes=60).limit() == pytest.approx(
+        3.0 + math.log(1 + 60 / g.LIMIT_GROWTH_MINUTES))

@@ -920,3 +920,39 @@ def test_two_checks_at_once_open_each_episode_once_notify_once_and_remediate_onc
     reduced = [reductions(r.actions) for results in outcomes for r in results if reductions(r.actions)]
     assert reduced == [[(80, 0)]]
     assert rollout(flag) == 0
+
+
+def test_an_estimate_beyond_what_an_alert_stores_is_kept_at_its_edge_and_the_check_goes_on(flag, t, stage):
+    # Tokens per call 10^9 against a baseline of 1 token in 1,200 calls: the ratio (about 10^12) does not
+    # fit Alert.value (14 digits, 3 decimals: below 10^11). The check stores the edge of the range.
+    from alerts.services import VALUE_LIMIT
+
+    feed(calls=1, mode="single", at=t + MIN, tokens=1)
+    for offset in range(1, 4):
+        feed(calls=40, at=t + offset * MIN, tokens=10**9)
+        feed(calls=400, mode="single", at=t + offset * MIN, tokens=0)
+    results = check(flag, t + 10 * MIN)
+    assert results["tokens_ratio"].state == "regressing"
+    assert results["tokens_ratio"].value > VALUE_LIMIT
+    alert = Alert.objects.get(flag=flag, rule__metric="tokens_ratio")
+    assert alert.value == Decimal(VALUE_LIMIT)
+
+
+def test_one_flag_failing_its_check_does_not_stop_the_others(flag, make_flag, t, stage, monkeypatch):
+    other = make_flag("other_flag")
+    begin_stage(other, t, 20)
+    bad(t + MIN, flag="other_flag")
+    original = alert_services.check_flag
+
+    def broken(key, **kwargs):  # type: ignore[no-untyped-def]
+        if key == flag.key:
+            raise RuntimeError("boom")
+        return original(key, **kwargs)
+
+    bad(t + MIN, flag=flag.key)
+    monkeypatch.setattr(alert_services, "check_flag", broken)
+    results = alert_services.check_all(now=t + 10 * MIN)
+    assert results[flag.key] == []
+    assert Alert.objects.filter(flag=other).exists()
+    other.refresh_from_db()
+    assert other.rollout_percentage == 0
