@@ -129,15 +129,16 @@ class Verdict:
             return "-" if value is None else _fmt(value, self.unit)
 
         if self.estimate is None:
-            text = "no calls yet"
+            text = "no calls yet" if self.calls == 0 else (
+                f"no estimate from {self.calls:,} treatment and {self.baseline_calls:,} baseline calls")
         else:
             text = f"{fmt(self.estimate)} (interval {fmt(self.low)} to {fmt(self.high)})"
         text += f", threshold {fmt(self.threshold)}"
         if self.state == REGRESSING:
             text += {"interval": ": the whole interval is on the worse side",
-                     "cusum": f": recent minutes changed (CUSUM {self.cusum:.1f} > {self.cusum_limit:g})",
+                     "cusum": f": recent minutes changed (CUSUM {self.cusum:.1f} > {self.cusum_limit:.1f})",
                      "both": f": the whole interval is on the worse side and recent minutes changed "
-                             f"(CUSUM {self.cusum:.1f} > {self.cusum_limit:g})"}[self.by]
+                             f"(CUSUM {self.cusum:.1f} > {self.cusum_limit:.1f})"}[self.by]
         elif self.state == NOT_ENOUGH:
             text += ": not enough data yet"
             if self.calls_needed is not None:
@@ -290,22 +291,24 @@ def _judge_ratio(spec: Spec, treatment: Arm, baseline: Arm, recent: list[tuple[A
 
 def _ratio_cusum(spec: Spec, latency: bool, treatment: Arm, baseline: Arm, recent: list[tuple[Arm, Arm]]) -> float:
     """Normal CUSUM of the treatment's recent per-call values against the baseline's recent mean moved
-    to the threshold (log latency + ln ratio, or tokens x ratio), variance from the baseline."""
+    to the threshold (log latency + ln ratio, or tokens x ratio). The variance is the treatment's own over
+    the stage once it has enough calls (its spread may differ from the baseline's), else the baseline's."""
     reference = _sum(recent, 1)
     if reference.calls < seq.MIN_CALLS_FOR_MEANS:
         reference = baseline
     if reference.calls < seq.MIN_CALLS_FOR_MEANS:
         return 0.0
     mean_b, var_b = reference.log_latency() if latency else reference.tokens()
+    own = treatment.calls >= seq.MIN_CALLS_FOR_MEANS
     if latency:
         mu0 = mean_b + math.log(spec.threshold)
         delta = max(abs(math.log(spec.threshold)), 0.1)
-        variance = var_b
+        variance = treatment.log_latency()[1] if own else var_b
         minutes = ((t.calls, t.log_latency_sum) for t, _ in recent)
     else:
         mu0 = mean_b * spec.threshold
         delta = max(0.25 * mu0, 1e-9)
-        variance = var_b * spec.threshold ** 2
+        variance = treatment.tokens()[1] if own else var_b * spec.threshold ** 2
         minutes = ((t.calls, t.tokens_sum) for t, _ in recent)
     if variance <= 0:
         return 0.0

@@ -72,13 +72,11 @@ def _arm(sums: dict[str, Any] | None) -> Arm:
                tokens_sq=float(sums["tokens_sq"]))
 
 
-def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] | None = None,
-               ignore: frozenset[int] = frozenset()) -> dict[str, StageData]:
+def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] | None = None) -> dict[str, StageData]:
     """Each flag's stage totals and recent minutes as of `now`. `since` moves a flag's start later (a
-    plan's stage began at a change that left the percentage as it was); `ignore`: audit entries that do not
-    count as stage boundaries (flags.selectors.stage_starts)."""
+    plan's stage began at a change that left the percentage as it was)."""
     end = minute_floor(now)
-    starts = flag_selectors.stage_starts(flags, now, ignore=ignore)
+    starts = flag_selectors.stage_starts(flags, now)
     out: dict[str, StageData] = {}
     for flag in flags:
         started = starts.get(flag.pk, flag.created_at)
@@ -168,7 +166,7 @@ def guardrail_series(flag: Flag, rules: list[AlertRule], window: str, now: datet
     """Each rule's estimate and confidence interval over the dashboard's window, as the guardrail saw it at
     each point: the interval of the stage in force then, from that stage's start to the point (it starts
     again where the rollout changed). Points per minute up to 1 h, per hour beyond. The CUSUM view of
-    recent minutes is not drawn; the episodes it opened are marked."""
+    recent minutes is not drawn (the tile shows it now)."""
     chart = metrics.chart_buckets(window, minute_floor(now))  # complete minutes only, as the checks judge
     start, end, step = chart.start, chart.end, chart.step
     per_bucket = metrics.moments_per_minute([flag], start, end, resolution=chart.resolution)[flag.key]
@@ -210,7 +208,4 @@ def guardrail_series(flag: Flag, rules: list[AlertRule], window: str, now: datet
             line["high"].append(verdict.high)
     markers = [{"at": c.created_at.isoformat(), "text": f"{c.change_summary} by {c.actor} ({c.get_source_display()})"
                 + (f": {c.reason}" if c.reason else "")} for c in changes if c.created_at >= start]
-    opened = Alert.objects.filter(flag=flag, opened_at__gte=start, opened_at__lte=end).select_related("rule")
-    episodes = [{"at": a.opened_at.isoformat(), "rule": str(a.rule_id), "text": f"alert opened: {a.rule.name}"}
-                for a in opened]
-    return {"labels": labels, "rules": lines, "markers": markers, "episodes": episodes}
+    return {"labels": labels, "rules": lines, "markers": markers}

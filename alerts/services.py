@@ -122,16 +122,19 @@ def _value(result: RuleResult) -> Decimal | None:
     return Decimal(str(round(max(-VALUE_LIMIT, min(VALUE_LIMIT, estimate)), 3)))
 
 
-def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = False,
-               ignore: frozenset[int] = frozenset()) -> list[RuleResult]:
+def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = False) -> list[RuleResult]:
     """Judge every enabled rule of one flag and act on the verdicts, under a row lock on the flag."""
     now = now or timezone.now()
     with transaction.atomic():
         flag = Flag.objects.select_for_update().get(key=flag_key)
         open_alerts = {a.rule_id: a for a in Alert.objects.filter(flag=flag, state__in=OPEN_STATES)}
         rules = list(AlertRule.objects.filter(flag=flag, enabled=True).order_by("id"))
-        data = health.stage_data([flag], now, ignore=ignore)[flag.key]
-        results = health.judge_rules(rules, data, set(open_alerts))
+        data = health.stage_data([flag], now)[flag.key]
+        enabled = {rule.pk for rule in rules}
+        for alert in open_alerts.values():
+            if alert.rule_id not in enabled and not dry_run:
+                _resolve(alert, now, "resolved: the rule was disabled")
+        results = health.judge_rules(rules, data, set(open_alerts) & enabled)
         stepped_back_by: AlertRule | None = None
         for result in results:
             if _apply(result.rule, flag, result, now, open_alerts.get(result.rule.pk), stepped_back_by,
@@ -178,12 +181,8 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
                     alert.actions_taken = [*alert.actions_taken, {"at": now.isoformat(), "what": done}]
         alert.save()
     elif alert is not None and _resolves(result):
-        alert.state, alert.resolved_at, alert.last_checked_at = AlertState.RESOLVED, now, now
-        alert.message = f"resolved: {result.detail}"
-        alert.save()
+        _resolve(alert, now, f"resolved: {result.detail}", notify=not dry_run)
         result.actions.append("alert resolved")
-        if not dry_run:
-            _notify(alert, "resolved", now)
     elif alert is not None:
         # Not enough data (after a rollback there are no treatment calls), or healthy but with recent
         # evidence still near the limit: the episode stays open until the data shows it has cleared.
@@ -192,12 +191,17 @@ def _apply(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, alert
     return acted
 
 
-def check_all(*, now: datetime | None = None, dry_run: bool = False, flag_key: str | None = None,
-              ignore: frozenset[int] = frozenset()) -> dict[str, list[RuleResult]]:
+def _resolve(alert: Alert, now: datetime, message: str, *, notify: bool = True) -> None:
+    alert.state, alert.resolved_at, alert.last_checked_at, alert.message = AlertState.RESOLVED, now, now, message
+    alert.save()
+    if notify:
+        _notify(alert, "resolved", now)
+
+
+def check_all(*, now: datetime | None = None, dry_run: bool = False,
+              flag_key: str | None = None) -> dict[str, list[RuleResult]]:
     """Check every flag. A first pass reads without locks; only a flag with a regressing rule or an open
-    alert (something to open, update, remediate or resolve) is checked again under its row lock.
-    `ignore`: audit entries that are not stage boundaries (alerts.backtest leaves out the real
-    remediations it replays)."""
+    alert (something to open, update, remediate or resolve) is checked again under its row lock."""
     now = now or timezone.now()
     flags = Flag.objects.order_by("key")
     if flag_key:
@@ -209,7 +213,7 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False, flag_key: s
     open_rules: dict[int, set[int]] = {}
     for flag_id, rule_id in Alert.objects.filter(state__in=OPEN_STATES).values_list("flag_id", "rule_id"):
         open_rules.setdefault(flag_id, set()).add(rule_id)
-    data = health.stage_data([flag for flag in flags if flag.pk in rules], now, ignore=ignore)
+    data = health.stage_data([flag for flag in flags if flag.pk in rules], now)
     results: dict[str, list[RuleResult]] = {}
     for flag in flags:
         if flag.pk not in rules:
@@ -218,7 +222,7 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False, flag_key: s
         try:
             first = health.judge_rules(rules[flag.pk], data[flag.key], open_rules.get(flag.pk, set()))
             if flag.pk in open_rules or any(result.state == guardrails.REGRESSING for result in first):
-                results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run, ignore=ignore)
+                results[flag.key] = check_flag(flag.key, now=now, dry_run=dry_run)
             else:
                 results[flag.key] = first  # healthy or not enough data, nothing open: nothing to write
         except Exception:

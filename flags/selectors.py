@@ -82,13 +82,10 @@ def override_counts(flag: Flag) -> dict[str, int]:
     return counts
 
 
-def stage_starts(flags: list[Flag], at: datetime, *, ignore: frozenset[int] = frozenset()) -> dict[int, datetime]:
+def stage_starts(flags: list[Flag], at: datetime) -> dict[int, datetime]:
     """When each flag's current rollout stage began, as of `at`: its latest audited change to who gets it
-    (EXPOSURE_FIELDS, creation included) at or before `at`, leaving out the entries in `ignore` (a backtest
-    replaying what the checker would have done instead). One query for any number of flags."""
+    (EXPOSURE_FIELDS, creation included) at or before `at`. One query for any number of flags."""
     entries = AuditEntry.objects.filter(flag__in=flags, created_at__lte=at, after__has_any_keys=list(EXPOSURE_FIELDS))
-    if ignore:
-        entries = entries.exclude(pk__in=ignore)
     rows = entries.values("flag_id").annotate(started=Max("created_at"))
     return {row["flag_id"]: row["started"] for row in rows}
 

@@ -203,6 +203,9 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     wanted = request.POST.get("enabled")
     if wanted not in {"on", "off"}:
         return _controls(request, flag, status=400, error="enabled must be on or off.")
+    firing = _firing(flag) if wanted == "on" and not flag.enabled else ""
+    if firing and request.POST.get("confirmed") != "yes":
+        return _controls(request, flag, status=400, error=f"Turning the flag on needs confirmation ({firing}).")
     try:
         flag = services.flag_update(
             flag=flag, enabled=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,

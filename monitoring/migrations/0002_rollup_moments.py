@@ -2,8 +2,9 @@
 
 Where the raw records of a rollup's minute or hour are still kept, the sums are computed from them exactly.
 Older rollups (raw records pruned) get log-latency sums from their histograms' slot midpoints (within
-4.4% per call) and a squared-token sum that assumes every call of the bucket used the mean: those rows are
-older than the raw-record retention, so no guardrail of a current stage reads them.
+4.4% per call) and a squared-token sum that assumes every call of the bucket used the mean: a tokens
+interval over a stage older than the raw-record retention (30 days by default) is too narrow for those
+rows' share of it.
 """
 
 from datetime import UTC

@@ -233,3 +233,58 @@ def test_bad_input_is_one_line_command_error_and_changes_nothing(flag, recorded,
                      "set non-number threshold": "number", "set rule of another flag": flag.key,
                      "set enabled not boolean": "true or false"}[case]
     assert expected_word in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backtest_holds_no_lock_that_the_real_flag_or_other_changes_wait_for(flag, make_flag, monkeypatch):
+    """While a replay that has already rolled its shadow back is still running, the real flag's slider and
+    another flag's change (which moves the global config stamp) go through at once."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL (on SQLite any write transaction locks the whole file)")
+    t = minute_ago(3)
+    begin_stage(flag, t, 20)
+    feed_minutes(t, 60, patch_failures=0)
+    feed_minutes(t + 60 * MIN, 1, patch_failures=25)
+    other = make_flag("other_flag")
+    reached, release = threading.Event(), threading.Event()
+    original = alert_services.check_all
+    errors: list[Exception] = []
+    events: list = []
+
+    def paused_after_acting(**kwargs):  # type: ignore[no-untyped-def]
+        results = original(**kwargs)
+        if any(result.acted for result in results.get(kwargs.get("flag_key"), [])):
+            reached.set()
+            release.wait(30)
+        return results
+
+    def replay() -> None:
+        try:
+            events.extend(backtest.backtest(flag, t - 5 * MIN, t + 65 * MIN))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    monkeypatch.setattr(alert_services, "check_all", paused_after_acting)
+    thread = threading.Thread(target=replay)
+    thread.start()
+    try:
+        assert reached.wait(30), "the replay never acted"
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        flag_services.flag_update(flag=flag, rollout_percentage=5, actor=Actor.system("person"), source=Source.UI)
+        flag_services.flag_update(flag=other, rollout_percentage=7, actor=Actor.system("person"), source=Source.UI)
+    finally:
+        release.set()
+        thread.join(30)
+    assert errors == []
+    assert any(event.kind == "action" for event in events)
+    flag.refresh_from_db()
+    other.refresh_from_db()
+    assert (flag.rollout_percentage, other.rollout_percentage) == (5, 7)
+    assert not Flag.objects.filter(key__startswith="backtest-").exists()

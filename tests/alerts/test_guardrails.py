@@ -440,3 +440,15 @@ def test_the_cusum_limit_grows_with_the_log_of_the_stage_length():
     assert week == pytest.approx(base + math.log(1 + 7 * 24 * 60 / g.LIMIT_GROWTH_MINUTES))
     assert g.Spec(g.ERROR_RATE_DELTA, 1.0, cusum_limit=3.0, stage_minutes=60).limit() == pytest.approx(
         3.0 + math.log(1 + 60 / g.LIMIT_GROWTH_MINUTES))
+
+
+def test_a_treatment_spread_wider_than_the_baseline_s_does_not_fire_the_tokens_cusum():
+    # Patch Mode at 0.7x the baseline's tokens (healthy against 0.8x) but with a spread of 80% of its mean
+    # (the baseline's is 25%): judged with the baseline's variance, the CUSUM fired on every seed.
+    for seed in range(5):
+        rng = random.Random(4000 + seed)
+        stage = Stage()
+        for _ in range(240):
+            stage.add(minute(rng, 4, mean_tokens=840, sd_tokens=672), minute(rng, 16, mean_tokens=1200, sd_tokens=300))
+            verdict = stage.judge(TOKENS_RULE)
+            assert verdict.state != g.REGRESSING, (seed, verdict)

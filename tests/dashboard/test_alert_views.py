@@ -11,7 +11,9 @@ from django.test import Client
 
 from alerts import services as alert_services
 from alerts.models import DEFAULT_RULES, Alert, AlertRule, PlanState, RolloutPlan
-from flags.models import AuditEntry, Flag
+from flags import services as flag_services
+from flags.actors import Actor
+from flags.models import AuditEntry, Flag, Source
 from tests.alerts import begin_stage, feed, minute_ago
 
 pytestmark = pytest.mark.django_db
@@ -146,3 +148,36 @@ def test_the_plan_panel_shows_the_timeline_and_gate(client_in, flag):
     assert panel.count('class="stage') == 4 and 'class="stage current"' in panel
     assert "Stage 1 of 4 (10%)" in panel and "gate: <strong>hold</strong>" in panel and "time left 6d 23h" in panel
     assert Flag.objects.get(pk=flag.pk).rollout_percentage == Decimal("10.00")
+
+
+def test_turning_a_flag_on_while_a_critical_guardrail_fires_needs_the_confirmation(client_in, firing, flag):
+    manager = client_in("Rollout managers")
+    flag.refresh_from_db()
+    assert flag.rollout_percentage == 0  # rolled back by the firing rules
+    flag_services.flag_update(flag=flag, enabled=False, actor=Actor.system("ops"), source=Source.CLI)
+    flag.refresh_from_db()
+    version = flag.version
+    refused = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on"}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 400
+    assert "Patch Mode error rate above 5%" in refused.content.decode()
+    flag.refresh_from_db()
+    assert (flag.enabled, flag.version) == (False, version)
+    page = manager.get(f"/flags/{flag.key}/").content.decode()
+    assert "Turn patch_mode_enabled on anyway?" in page  # the dialog that is the confirmation names why
+    confirmed = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on", "confirmed": "yes"},
+                             HTTP_HX_REQUEST="true")
+    assert confirmed.status_code == 200
+    flag.refresh_from_db()
+    assert flag.enabled
+
+
+def test_the_episode_of_a_disabled_rule_resolves_and_stops_asking_for_confirmation(client_in, firing, flag):
+    AlertRule.objects.filter(flag=flag, severity="critical").update(enabled=False)
+    t = firing.opened_at
+    alert_services.check_all(now=t + timedelta(minutes=5))
+    assert not Alert.objects.filter(flag=flag, severity="critical", state__in=["firing", "acknowledged"]).exists()
+    resolved = Alert.objects.get(pk=firing.pk)
+    assert resolved.resolved_at == t + timedelta(minutes=5) and "rule was disabled" in resolved.message
+    response = client_in("Rollout managers").post(f"/flags/{flag.key}/rollout", {"rollout_percentage": "1"},
+                                                  HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
