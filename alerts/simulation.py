@@ -134,3 +134,6 @@ LATENCY_STEP = Scenario("Patch latency median 180 -> 400 ms after 60 min, 100 + 
 ERROR_STEP_LOW = Scenario("the same error step at 4 + 16 calls/min", 180, 4, 16,
                           patch_errors=step(0.01, 0.10, 60), single_errors=0.01, stop_when_reduced=True)
 PLAN_LOW = Scenario("default plan under healthy 4 + 16/min, 12 h", 720, 4, 16, with_plan=True)
+# A whole default stage (one week): false alarms must not accrue with the stage's length.
+PLAN_WEEK = Scenario("default plan under healthy 4 + 16/min, its first 7-day stage", 7 * 24 * 60, 4, 16,
+                     with_plan=True)
