@@ -72,14 +72,19 @@ def _remediate(rule: AlertRule, flag: Flag, result: RuleResult, now: datetime, *
         cap = Decimal(0) if rule.action == Action.ROLLBACK else Decimal(rule.action_value or 0)
         if flag.rollout_percentage <= cap:
             return [f"rollout already at {flag.rollout_percentage}% (limit {cap}%): nothing to reduce"], False
-        if not dry_run:
+        done = [f"rollout reduced from {flag.rollout_percentage}% to {cap}%"]
+        if dry_run:
+            flag.rollout_percentage = cap  # in memory only: the next rule of a dry run sees what this did
+        else:
             flag_services.flag_update(flag=flag, rollout_percentage=cap, only_reduce=True, actor=actor,
                                       source=Source.ALERT, reason=reason, now=now)
-        return [f"rollout reduced from {flag.rollout_percentage}% to {cap}%"], True
+        return done, True
     if rule.action == Action.DISABLE:
         if not flag.enabled:
             return ["flag already disabled"], False
-        if not dry_run:
+        if dry_run:
+            flag.enabled = False  # in memory only, as above
+        else:
             flag_services.flag_update(flag=flag, enabled=False, only_reduce=True, actor=actor, source=Source.ALERT,
                                       reason=reason, now=now)
         return ["flag disabled (kill switch)"], True
@@ -139,7 +144,8 @@ def check_flag(flag_key: str, *, now: datetime | None = None, dry_run: bool = Fa
         for result in results:
             if _apply(result.rule, flag, result, now, open_alerts.get(result.rule.pk), stepped_back_by,
                       dry_run=dry_run):
-                flag.refresh_from_db()  # a remediation changed it: the next rule sees the new state
+                if not dry_run:
+                    flag.refresh_from_db()  # a remediation changed it: the next rule sees the new state
                 if stepped_back_by is None and any(a.startswith("rollout plan") for a in result.actions):
                     stepped_back_by = result.rule
         if dry_run:

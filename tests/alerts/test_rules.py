@@ -956,3 +956,16 @@ def test_one_flag_failing_its_check_does_not_stop_the_others(flag, make_flag, t,
     assert Alert.objects.filter(flag=other).exists()
     other.refresh_from_db()
     assert other.rollout_percentage == 0
+
+
+def test_a_dry_run_reports_one_reduction_when_two_rules_see_the_same_regression(flag, t, stage):
+    # The error-rate and error-delta rules both regress; a real check reduces once and the second rule
+    # finds nothing left to reduce. The dry run must say the same, and change nothing.
+    bad(t + MIN)
+    feed(calls=400, mode="single", at=t + MIN)
+    dry = alert_services.check_flag(flag.key, now=t + 30 * MIN, dry_run=True)
+    assert [reductions(r.actions) for r in dry if reductions(r.actions)] == [[(20, 0)]]
+    assert rollout(flag) == 20 and not Alert.objects.filter(flag=flag).exists()
+    real = alert_services.check_flag(flag.key, now=t + 30 * MIN)
+    assert [reductions(r.actions) for r in real if reductions(r.actions)] == [[(20, 0)]]
+    assert rollout(flag) == 0
