@@ -40,11 +40,15 @@ class AlertAdmin(admin.ModelAdmin):
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
-    """Failed deliveries are visible here, with the error and how often it was tried."""
+    """Failed deliveries are visible here, with the error and how often it was tried: a failed notification
+    with a next attempt is still being retried by the outbox (alerts.notify.flush); one without was given up,
+    and its last error says why."""
 
-    list_display = ["created_at", "alert", "event", "channel", "status", "attempts", "last_error", "sent_at"]
+    list_display = ["created_at", "alert", "event", "channel", "status", "attempts", "next_attempt_at",
+                    "last_error", "sent_at"]
     list_filter = ["status", "channel", "event"]
-    readonly_fields = ["alert", "event", "channel", "status", "attempts", "last_error", "created_at", "sent_at"]
+    readonly_fields = ["alert", "event", "channel", "status", "attempts", "last_error", "created_at", "queued_at",
+                       "next_attempt_at", "sent_at"]
     actions = ["retry"]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
@@ -52,12 +56,15 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send the selected failed notifications again")
     def retry(self, request, queryset):  # type: ignore[no-untyped-def]
-        from .tasks import send_notification
+        from . import notify
 
-        failed = list(queryset.filter(status="failed").values_list("id", flat=True))
-        for notification_id in failed:
-            send_notification.delay(notification_id)
-        messages.success(request, f"Queued {len(failed)} notification(s) again.")
+        failed = [n for n in queryset.filter(status="failed")
+                  if notify.restart(n, by=f"{request.user.get_username()} (admin)")]
+        queued = sum(notify.enqueue(n.pk) for n in failed)
+        messages.success(request, f"Queued {queued} notification(s) again.")
+        if queued < len(failed):
+            messages.warning(request, f"{len(failed) - queued} notification(s) could not be queued (the broker "
+                                      f"refused): the outbox sends them within a few minutes.")
 
 
 class PlanStageInline(admin.TabularInline):

@@ -148,11 +148,17 @@ class Notification(models.Model):
     status = models.CharField(max_length=10, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)  # the check's time (simulated in backtests)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # The outbox (alerts.notify.flush): real times, not the check's. `queued_at` is when the row was written
+    # (its age is judged from it); `next_attempt_at` is when the flush may next try it if it is not sent by
+    # then; empty once it is sent or given up.
+    queued_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["next_attempt_at"], name="alerts_notification_due")]
 
     def __str__(self) -> str:
         return f"{self.channel} {self.event} for alert {self.alert_id}: {self.status}"

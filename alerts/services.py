@@ -101,18 +101,21 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
         channels.append("email")
     if getattr(settings, "ALERT_WEBHOOK_URL", ""):
         channels.append("webhook")
+    from . import notify  # notify imports the models only; kept local to this function
+
     for channel in channels:
-        notification = Notification.objects.create(alert=alert, event=event, channel=channel, created_at=now)
+        # The outbox: `created_at` is the check's time; the flush goes by real time (alerts.notify).
+        queued = timezone.now()
+        notification = Notification.objects.create(alert=alert, event=event, channel=channel, created_at=now,
+                                                   queued_at=queued, next_attempt_at=queued + notify.grace())
         transaction.on_commit(lambda pk=notification.pk: _enqueue(pk))
 
 
 def _enqueue(notification_id: int) -> None:
-    from .tasks import send_notification  # tasks call this module: imported when first needed
+    """Hand it to Celery; a refused broker is recorded on the row, and the outbox flush sends it later."""
+    from . import notify
 
-    try:
-        send_notification.delay(notification_id)
-    except Exception:
-        logger.exception("could not enqueue notification %s", notification_id)
+    notify.enqueue(notification_id)
 
 
 # Alert.value holds 14 digits, 3 after the point: an absurd estimate (a baseline of 1 token against 10^9)

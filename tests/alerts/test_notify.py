@@ -346,3 +346,291 @@ def wait_for_a_blocked_lock(*, unless: threading.Event, timeout: float = 10.0) -
                 time.sleep(0.02)
     finally:
         watcher.close()
+
+
+# --- the outbox: what could not be queued or sent is flushed by beat --------------------------------------
+
+
+@pytest.fixture
+def refused_broker(monkeypatch):
+    """Every enqueue of the send task fails as it does when Redis refuses the connection."""
+    from kombu.exceptions import OperationalError
+
+    tried: list[tuple] = []
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tried.append(args)
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.send_notification, "apply_async", refuse)
+    return tried
+
+
+def one_alert(flag: Flag) -> Flag:
+    """Only the error-rate rule fires (the comparative one is off): one notification per channel."""
+    from alerts.models import AlertRule
+
+    assert AlertRule.objects.filter(flag=flag, metric="error_rate_delta").update(enabled=False) == 1
+    return flag
+
+
+def fire_unqueued(flag: Flag, django_capture_on_commit_callbacks) -> Notification:
+    """Fire the error-rate alert with the broker refusing; its callbacks run as after a real commit."""
+    with django_capture_on_commit_callbacks(execute=True):
+        alert = fire(one_alert(flag))
+    assert Notification.objects.count() == 1
+    return only(alert, "webhook")
+
+
+def later(notification: Notification) -> datetime:
+    """Just after the notification's grace period (or back-off) is over, in real time."""
+    notification.refresh_from_db()
+    return notification.next_attempt_at + timedelta(seconds=1)
+
+
+def test_a_notification_the_broker_refused_is_sent_by_the_flush_after_the_grace_period_once(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks, settings):
+    from django.utils import timezone
+
+    server, url = webhook()
+    webhook_only(url)
+    before = timezone.now()
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    assert len(refused_broker) == 1  # the check did try to enqueue it after commit
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.PENDING and notification.attempts == 0
+    assert "not queued" in notification.last_error and "Connection refused" in notification.last_error
+    # The grace period runs in real time from when the row was written, not from the check's (past) time.
+    assert notification.created_at < before - timedelta(hours=2)
+    assert notification.next_attempt_at - notification.queued_at == notify.grace() == timedelta(minutes=2)
+    assert before <= notification.queued_at <= timezone.now()
+
+    assert notify.flush() == {}  # still within the grace period: the task may yet be on its way
+    assert notify.flush(now=notification.next_attempt_at - timedelta(seconds=1)) == {}
+    assert server.received == []
+
+    assert notify.flush(now=later(notification)) == {"sent": 1}
+    (request,) = server.received
+    assert request["body"]["alert"]["id"] == notification.alert_id and request["body"]["alert"]["event"] == "firing"
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 1
+    assert notification.last_error == "" and notification.sent_at is not None and notification.next_attempt_at is None
+    assert notify.flush(now=timezone.now() + timedelta(days=3)) == {}
+    assert len(server.received) == 1
+    # Beat runs it: the task is scheduled, and the worker runs it (here directly; nothing is due any more).
+    (entry,) = [e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "alerts.flush_notifications"]
+    assert entry["schedule"] == settings.ALERT_CHECK_INTERVAL
+    tasks.flush_notifications()
+    assert len(server.received) == 1
+
+
+def test_the_beat_task_sends_a_pending_notification_once_its_grace_period_is_over(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks):
+    server, url = webhook()
+    webhook_only(url)
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    tasks.flush_notifications()
+    assert server.received == []
+    Notification.objects.filter(pk=notification.pk).update(  # two minutes and a second have passed
+        queued_at=notification.queued_at - timedelta(seconds=121),
+        next_attempt_at=notification.next_attempt_at - timedelta(seconds=121))
+    tasks.flush_notifications()
+    assert len(server.received) == 1
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT
+
+
+def test_an_endpoint_that_keeps_failing_is_given_up_after_the_maximum_attempts_and_never_tried_again(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks, settings):
+    from django.utils import timezone
+
+    server, url = webhook(status=500)
+    webhook_only(url)
+    settings.NOTIFICATION_MAX_ATTEMPTS = 3
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+
+    at = later(notification)
+    assert notify.flush(now=at) == {"failed": 1}
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED and notification.attempts == 1
+    assert notification.last_error == "HTTPError: HTTP Error 500: Internal Server Error"
+    assert notification.next_attempt_at == at + timedelta(minutes=2)  # the back-off after one failure
+    assert notify.flush(now=at + timedelta(minutes=1)) == {}  # not before its back-off is over
+    assert len(server.received) == 1
+
+    at = later(notification)
+    assert notify.flush(now=at) == {"failed": 1}
+    notification.refresh_from_db()
+    assert notification.attempts == 2 and notification.next_attempt_at == at + timedelta(minutes=4)  # doubled
+
+    assert notify.flush(now=later(notification)) == {"given_up": 1}
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.FAILED and notification.attempts == 3
+    assert notification.next_attempt_at is None and notification.sent_at is None
+    assert notification.last_error == ("gave up after 3 attempts (NOTIFICATION_MAX_ATTEMPTS); "
+                                       "last error: HTTPError: HTTP Error 500: Internal Server Error")
+    assert len(server.received) == 3
+
+    server.status = 200  # type: ignore[attr-defined]
+    assert notify.flush(now=timezone.now() + timedelta(days=30)) == {}
+    notify.send(notification.pk)  # a stale task: given up means given up
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    assert tasks.send_notification.apply(args=(notification.pk,)).successful()
+    notification.refresh_from_db()
+    assert len(server.received) == 3 and notification.attempts == 3
+    assert notification.status == NotificationStatus.FAILED and notification.last_error.startswith("gave up")
+
+
+def test_a_notification_that_could_not_go_out_for_a_day_is_given_up_unsent(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks):
+    server, url = webhook()
+    webhook_only(url)
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    Notification.objects.filter(pk=notification.pk).update(  # e.g. the workers were down for a day
+        queued_at=notification.queued_at - timedelta(hours=25))
+    assert notify.flush(now=later(notification)) == {"given_up": 1}
+    notification.refresh_from_db()
+    assert server.received == [] and notification.attempts == 0
+    assert notification.status == NotificationStatus.FAILED and notification.next_attempt_at is None
+    assert notification.last_error.startswith(
+        "gave up after 25 h since it was queued (NOTIFICATION_MAX_AGE_SECONDS), 0 attempts; last error: not queued")
+
+
+def test_the_flush_takes_over_when_the_tasks_retries_are_spent(flag, webhook, webhook_only, settings):
+    server, url = webhook(status=500)
+    webhook_only(url)
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    notification = only(fire(one_alert(flag)), "webhook")
+    assert tasks.send_notification.apply(args=(notification.pk,)).failed()
+    notification.refresh_from_db()
+    attempts = 1 + tasks.send_notification.max_retries
+    assert notification.attempts == attempts and notification.status == NotificationStatus.FAILED
+    assert notification.next_attempt_at is not None  # not given up: the outbox has it
+    server.status = 200  # type: ignore[attr-defined]
+    assert notify.flush(now=later(notification)) == {"sent": 1}
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == attempts + 1
+    assert len(server.received) == attempts + 1
+
+
+def test_a_sent_notification_is_never_sent_again_by_the_flush(
+        flag, webhook, webhook_only, settings, django_capture_on_commit_callbacks):
+    from django.utils import timezone
+
+    server, url = webhook()
+    webhook_only(url)
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    with django_capture_on_commit_callbacks(execute=True):
+        notification = only(fire(one_alert(flag)), "webhook")
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and len(server.received) == 1
+    assert notification.next_attempt_at is None
+    for days in (0, 1, 30):
+        assert notify.flush(now=timezone.now() + timedelta(days=days, minutes=3)) == {}
+    # Even with a due time left on it by mistake, a sent row is not due.
+    Notification.objects.filter(pk=notification.pk).update(next_attempt_at=timezone.now() - timedelta(hours=1))
+    assert notify.flush() == {}
+    assert len(server.received) == 1
+
+
+def test_send_again_in_the_admin_restarts_a_given_up_notification_and_the_flush_sends_it(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks, settings, admin_client):
+    server, url = webhook(status=500)
+    webhook_only(url)
+    settings.NOTIFICATION_MAX_ATTEMPTS = 1
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    assert notify.flush(now=later(notification)) == {"given_up": 1}
+    page = admin_client.get("/admin/alerts/notification/?status__exact=failed").content.decode()
+    assert "gave up after 1 attempts (NOTIFICATION_MAX_ATTEMPTS)" in page
+
+    server.status = 200  # type: ignore[attr-defined]
+    response = admin_client.post("/admin/alerts/notification/", {
+        "action": "retry", "_selected_action": [notification.pk]}, follow=True)
+    shown = [str(m) for m in response.context["messages"]]
+    assert "Queued 0 notification(s) again." in shown
+    assert any("1 notification(s) could not be queued" in m for m in shown)  # the broker still refuses
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.PENDING and notification.attempts == 0
+    assert notification.last_error.startswith("not queued")
+    assert len(server.received) == 1
+    assert notify.flush(now=later(notification)) == {"sent": 1}
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and len(server.received) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_flushes_at_once_send_a_notification_once(flag, webhook, webhook_only, refused_broker,
+                                                     django_capture_on_commit_callbacks):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL: run with DATABASE_URL=postgres://...")
+    server, url = webhook(delay=0.5)
+    webhook_only(url)
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    at = later(notification)
+    barrier = threading.Barrier(3)
+    outcomes: list[dict] = []
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            outcomes.append(notify.flush(now=at))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and len(outcomes) == 3
+    assert len(server.received) == 1
+    assert outcomes.count({"sent": 1}) == 1
+    # The others found it locked (or, when they looked after the first had committed, no longer due).
+    assert all(o in ({"skipped": 1}, {}) for o in outcomes if o != {"sent": 1})
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_skips_a_notification_being_sent_and_the_task_waits_then_does_not_resend(
+        flag, webhook, webhook_only, refused_broker, django_capture_on_commit_callbacks):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL: run with DATABASE_URL=postgres://...")
+    server, url = webhook(delay=1.5)
+    webhook_only(url)
+    notification = fire_unqueued(flag, django_capture_on_commit_callbacks)
+    at = later(notification)
+    results: dict[str, object] = {}
+    errors: list[Exception] = []
+
+    def in_thread(name: str, call) -> threading.Thread:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                results[name] = call()
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    first = in_thread("first", lambda: notify.flush(now=at))
+    deadline = time.monotonic() + 10
+    while not server.received and time.monotonic() < deadline:  # the first flush is sending, row locked
+        time.sleep(0.01)
+    assert len(server.received) == 1
+    started = time.monotonic()
+    assert notify.flush(now=at) == {"skipped": 1}  # SKIP LOCKED: it does not wait for the first one
+    assert time.monotonic() - started < 1.0
+    task = in_thread("task", lambda: notify.send(notification.pk))  # the normal task, late: waits for the lock
+    first.join(timeout=30)
+    task.join(timeout=30)
+    assert errors == [] and results == {"first": {"sent": 1}, "task": None}
+    assert len(server.received) == 1
+    notification.refresh_from_db()
+    assert notification.status == NotificationStatus.SENT and notification.attempts == 1
