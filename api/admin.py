@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
 from flags.actors import Actor
 
-from .keys import api_key_create, api_key_revoke
+from .keys import NAME_RE, api_key_create, api_key_revoke
 from .models import ApiKey, Scope
 
 
@@ -16,6 +18,13 @@ class ApiKeyForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ["name", "scopes"]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not NAME_RE.match(name):  # the rule api_key_create enforces, as a form error rather than a 500
+            raise forms.ValidationError("1-100 characters: letters, digits and . _ : @ -, starting with a letter "
+                                        "or digit")
+        return name
 
 
 @admin.register(ApiKey)
@@ -50,11 +59,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
                                      created_by=Actor.for_user(request.user).name)
         obj.pk = key.pk
         obj._state.adding = False
-        messages.warning(
-            request,
-            f"The secret of API key {key.name!r} is {secret} — copy it now: it is shown only this once and "
-            "only its hash is stored.",
-        )
+        # Kept on this request's object only, for response_add: never in a message (the messages cookie is
+        # signed, not encrypted) nor in the session.
+        obj._new_secret = secret
+
+    def response_add(self, request, obj, post_url_continue=None):  # type: ignore[no-untyped-def]
+        """The secret, shown once in the response to the request that created the key (whichever save
+        button was used): no redirect, so it never has to be carried to a second request."""
+        secret = getattr(obj, "_new_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        key = ApiKey.objects.get(pk=obj.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "key": key, "secret": secret,
+                   "title": f"API key {key.name} created: copy its secret now"}
+        response: HttpResponse = TemplateResponse(request, "admin/api/apikey/secret.html", context)
+        add_never_cache_headers(response)  # no browser or proxy may keep a copy of the page
+        return response
 
     @admin.action(description="Revoke the selected API keys")
     def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]

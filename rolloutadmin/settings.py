@@ -204,6 +204,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "prune-raw-execution-records": {"task": "monitoring.prune_raw_records", "schedule": 24 * 3600.0},
     "check-alerts": {"task": "alerts.check_alerts", "schedule": ALERT_CHECK_INTERVAL,
                      "options": {"expires": ALERT_CHECK_INTERVAL}},
+    # The notification outbox: sends what the broker or the endpoint kept from going out (alerts.notify).
+    "flush-notifications": {"task": "alerts.flush_notifications", "schedule": ALERT_CHECK_INTERVAL,
+                            "options": {"expires": ALERT_CHECK_INTERVAL}},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -253,6 +256,30 @@ if not DEBUG:
     SESSION_COOKIE_HTTPONLY = True
     CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the body's hx-headers, not the cookie
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# HTTPS=1: served over TLS behind a proxy that terminates it and sets X-Forwarded-Proto (and strips any
+# X-Forwarded-Proto a client sends: Django trusts the header). Unset (`make run`): plain http, none of this.
+HTTPS = env_bool("HTTPS")
+HSTS_PRELOAD = env_bool("HSTS_PRELOAD")
+if HSTS_PRELOAD and not HTTPS:
+    raise ImproperlyConfigured("HSTS_PRELOAD=1 needs HTTPS=1: HSTS is only sent over TLS")
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Load balancers probe these over plain http; paths are matched without their leading slash.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^readyz/?$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Preload is off unless HSTS_PRELOAD=1. Submitting to the browsers' preload list is a decision for the
+    # owner of the whole registrable domain (it covers example.com and every subdomain, and the list ships
+    # inside browser releases, so leaving it takes months); an app on flags.example.com cannot make it, and
+    # the preload list only accepts the header from the apex domain anyway. The warning that says "you
+    # could preload" (W021) is therefore silenced on purpose, not by accident.
+    SECURE_HSTS_PRELOAD = HSTS_PRELOAD
+    if not HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 LOGGING = {
     "version": 1,

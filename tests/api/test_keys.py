@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from io import StringIO
 
 import pytest
+from django.contrib.messages.storage.cookie import CookieStorage
+from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
@@ -202,22 +206,67 @@ def test_revoke_api_key_of_an_unknown_name_is_a_command_error(db):
 # --- the admin -------------------------------------------------------------------------------------------
 
 
-def test_admin_add_shows_the_secret_once_and_it_works(admin_client, client, flag):
-    response = admin_client.post(reverse("admin:api_apikey_add"), {"name": "from-admin", "scopes": ["evaluate"]},
-                                 follow=True)
+def cookie_contents(response) -> list[str]:
+    """Every cookie the response sets, raw and (for the messages cookie, which is compressed) decoded."""
+    contents = []
+    for name, morsel in response.cookies.items():
+        contents.append(morsel.OutputString())
+        if name == CookieStorage.cookie_name and morsel.value:
+            decoded = CookieStorage(HttpRequest())._decode(morsel.value)
+            assert decoded is not None, "a messages cookie that does not decode"
+            contents.extend(str(message) for message in decoded)
+    return contents
+
+
+def every_session_value() -> list[str]:
+    """Everything stored in every session, decoded (the database session backend)."""
+    return [json.dumps(session.get_decoded(), default=str) for session in Session.objects.all()]
+
+
+@pytest.mark.parametrize("button", [{}, {"_continue": "1"}, {"_addanother": "1"}])
+def test_admin_add_shows_the_secret_in_the_response_only(admin_client, client, flag, button):
+    response = admin_client.post(reverse("admin:api_apikey_add"),
+                                 {"name": "from-admin", "scopes": ["evaluate"], **button})
+    # The page itself, not a redirect: nothing has to carry the secret to a second request.
     assert response.status_code == 200
-    found = [SECRET_RE.search(str(message)) for message in response.context["messages"]]
-    secrets = [match.group(0) for match in found if match]
-    assert len(secrets) == 1
-    secret = secrets[0]
+    body = response.content.decode()
+    secrets_shown = SECRET_RE.findall(body)
+    assert len(secrets_shown) == 1
+    secret = secrets_shown[0]
+    assert "Copy this secret now" in body and reverse("admin:api_apikey_changelist") in body
     key = ApiKey.objects.get(name="from-admin")
     assert key.secret_hash == hash_secret(secret)
     assert key.scopes == ["evaluate"]
-    assert response.content.decode().count(secret) == 1
-    # Shown once: neither the list nor the key's own page shows it again.
-    assert secret not in admin_client.get(reverse("admin:api_apikey_changelist")).content.decode()
-    assert secret not in admin_client.get(reverse("admin:api_apikey_change", args=[key.pk])).content.decode()
+    assert "no-store" in response["Cache-Control"]
+    # Neither a cookie (the messages cookie included, decoded) nor any session holds it.
+    assert not any(secret in value for value in cookie_contents(response))
+    assert secret not in str(response.headers)
+    assert not any(secret in value for value in every_session_value())
+    assert secret not in json.dumps(dict(admin_client.session.items()), default=str)
     assert evaluate(client, secret).status_code == 200
+
+
+def test_admin_secret_is_not_shown_again(admin_client):
+    response = admin_client.post(reverse("admin:api_apikey_add"), {"name": "from-admin", "scopes": ["evaluate"]})
+    secret = SECRET_RE.search(response.content.decode()).group(0)
+    key = ApiKey.objects.get(name="from-admin")
+    # A second request, as the "back" link makes: no pending message or anything else brings it back.
+    for url in (reverse("admin:api_apikey_changelist"), reverse("admin:api_apikey_change", args=[key.pk]),
+                reverse("admin:api_apikey_add"), reverse("admin:index")):
+        page = admin_client.get(url)
+        assert page.status_code == 200
+        assert secret not in page.content.decode()
+        assert not any(secret in value for value in cookie_contents(page))
+    assert key.prefix in admin_client.get(reverse("admin:api_apikey_changelist")).content.decode()
+
+
+@pytest.mark.parametrize("name", ["bill ing", "-billing", "billing/v2", "é"])
+def test_admin_add_with_a_bad_name_shows_the_error_and_creates_nothing(admin_client, name):
+    response = admin_client.post(reverse("admin:api_apikey_add"), {"name": name, "scopes": ["evaluate"]})
+    assert response.status_code == 200  # the form again, with its error (it was a 500)
+    assert "starting with a letter or digit" in " ".join(response.context["adminform"].form.errors["name"])
+    assert not ApiKey.objects.exists()
+    assert not SECRET_RE.search(response.content.decode())
 
 
 def test_admin_add_with_a_taken_name_shows_the_error_and_creates_nothing(admin_client):
