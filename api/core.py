@@ -59,6 +59,54 @@ def max_body_bytes() -> int:
     return int(getattr(settings, "API_MAX_BODY_BYTES", 4 * 1024 * 1024))
 
 
+_READ_CHUNK = 64 * 1024
+
+
+def read_at_most(stream: Any, limit: int) -> tuple[bytes, bool]:
+    """Read a stream to its end, but never more than limit + 1 bytes: (body, over the limit).
+
+    Over the limit, the body is dropped (b"") and the rest of the stream is left unread, so a client
+    cannot make the process buffer more than the limit whatever it sends.
+    """
+    parts: list[bytes] = []
+    total = 0
+    while total <= limit:
+        data = stream.read(min(_READ_CHUNK, limit + 1 - total))
+        if not data:
+            break
+        parts.append(data)
+        total += len(data)
+    if total > limit:
+        return b"", True
+    return b"".join(parts), False
+
+
+def body_from_environ(environ: dict[str, Any], limit: int) -> tuple[bytes, bool]:
+    """The request body of a WSGI environ and whether it is over the limit (then not read at all).
+
+    With a Content-Length, exactly that many bytes (refused unread when over the limit). Without one, a
+    chunked body (Transfer-Encoding: chunked, which the server de-chunks) is read until the end of the
+    stream, up to limit + 1 bytes, when the server says the stream ends with the body
+    (`wsgi.input_terminated`, as gunicorn does); a server that does not say so gets no body read, since
+    reading could wait for bytes that never come.
+    """
+    stream = environ.get("wsgi.input")
+    raw_length = str(environ.get("CONTENT_LENGTH") or "").strip()
+    try:
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        length = None
+    if length is not None and length > limit:
+        return b"", True
+    if stream is None:
+        return b"", False
+    if length is not None:
+        return (stream.read(length) if length > 0 else b""), False
+    if environ.get("wsgi.input_terminated"):
+        return read_at_most(stream, limit)
+    return b"", False
+
+
 class BadJson(Exception):
     pass
 

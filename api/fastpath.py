@@ -8,10 +8,15 @@ authentication, error format and logging) straight from WSGI; every other path g
 from __future__ import annotations
 
 import logging
+import tempfile
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from .core import Req, Resp, max_body_bytes
+from django.conf import settings
+
+from rolloutadmin import health
+
+from .core import Req, Resp, body_from_environ, max_body_bytes
 from .routing import dispatch
 
 logger = logging.getLogger("rolloutadmin.api")
@@ -30,26 +35,61 @@ def request_from_environ(environ: dict) -> Req:
     }
     if "CONTENT_TYPE" in environ:
         headers["content-type"] = environ["CONTENT_TYPE"]
-    limit = max_body_bytes()
-    body = b""
-    too_large = False
-    raw_length = environ.get("CONTENT_LENGTH") or ""
-    try:
-        length = int(raw_length) if raw_length.strip() else None
-    except ValueError:
-        length = None
-    stream = environ.get("wsgi.input")
-    if length is not None and length > limit:
-        too_large = True
-    elif stream is not None and length:
-        body = stream.read(length)
-    elif stream is not None and length is None and environ.get("wsgi.input_terminated"):
-        body = stream.read(limit + 1)
-        too_large = len(body) > limit
-        body = b"" if too_large else body
+    body, too_large = body_from_environ(environ, max_body_bytes())
     query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     return Req(environ.get("REQUEST_METHOD", "GET").upper(), environ.get("PATH_INFO", "/"), query, headers, body,
                too_large)
+
+
+SPOOL_IN_MEMORY = 1024 * 1024  # a buffered chunked body larger than this waits in a temporary file
+
+
+def _django_body_limit(path: str) -> int:
+    """The most body bytes a request to Django may send: the API's limit under /api/ and /ofrep/, else
+    Django's own limit for form data (DATA_UPLOAD_MAX_MEMORY_SIZE)."""
+    if path.lstrip("/").startswith(("api/", "ofrep/")):
+        return max_body_bytes()
+    return int(getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None) or 32 * 1024 * 1024)
+
+
+def _too_large(environ, start_response):  # type: ignore[no-untyped-def]
+    body = b"request body too large"
+    start_response(_reason(413), [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+
+def buffer_chunked_body(environ: dict):  # type: ignore[no-untyped-def]
+    """Give Django a chunked body (no Content-Length) it can read; None, or a WSGI app answering 413.
+
+    Django reads exactly CONTENT_LENGTH bytes and takes a missing one as an empty body. A server that
+    de-chunks and marks the stream's end (gunicorn sets `wsgi.input_terminated`) lets us read the body to
+    its end first, never more than the path's limit + 1 bytes, and hand Django the buffered bytes with
+    their length. Over the limit, API paths get CONTENT_LENGTH = limit + 1 and only those bytes, so the
+    view refuses it with its JSON 413 after authentication, exactly as for a Content-Length over the
+    limit; other paths get a plain 413 here.
+    """
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or not environ.get("wsgi.input_terminated"):
+        return None
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return None
+    path = environ.get("PATH_INFO", "")
+    limit = _django_body_limit(path)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - Django reads it later
+    total = 0
+    while total <= limit:
+        data = stream.read(min(64 * 1024, limit + 1 - total))
+        if not data:
+            break
+        spool.write(data)
+        total += len(data)
+    if total > limit and not path.lstrip("/").startswith(("api/", "ofrep/")):
+        spool.close()
+        return _too_large
+    spool.seek(0)
+    environ["wsgi.input"] = spool
+    environ["CONTENT_LENGTH"] = str(total)
+    return None
 
 
 class FastPath:
@@ -58,8 +98,14 @@ class FastPath:
 
     def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]
         path = environ.get("PATH_INFO", "")
+        if path in health.PATHS:
+            return self.health(environ, start_response, health.PATHS[path])
         if not (path.startswith(("/ofrep/", "//ofrep/", "/api/v1/evaluate")) or path.endswith(("/evaluate",
                                                                                                   "/evaluate/"))):
+            if not environ.get("CONTENT_LENGTH") and environ.get("HTTP_TRANSFER_ENCODING"):
+                refused = buffer_chunked_body(environ)
+                if refused is not None:
+                    return refused(environ, start_response)
             return self.django_app(environ, start_response)
         try:
             req = request_from_environ(environ)
@@ -73,3 +119,17 @@ class FastPath:
         body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else resp.body
         start_response(_reason(resp.status), [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [body]
+
+    @staticmethod
+    def health(environ, start_response, name: str):  # type: ignore[no-untyped-def]
+        """/healthz and /readyz before Django's middleware (see rolloutadmin/health.py); never a 500."""
+        try:
+            status, payload, headers = health.answer(name, environ.get("REQUEST_METHOD", "GET").upper())
+        except Exception:
+            logger.exception("health check %s failed", name)
+            status, payload, headers = 503, {"status": "unavailable", "error": "internal_error"}, [
+                ("Retry-After", str(health.RETRY_AFTER_SECONDS))]
+        body = health.encode(payload)
+        start_response(_reason(status), [("Content-Type", "application/json"), *headers,
+                                         ("Content-Length", str(len(body)))])
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
