@@ -17,6 +17,7 @@ from django.conf import settings
 
 from .keys import hash_secret
 from .snapshot import KeyInfo, store
+from .throttle import client_address, record_failure
 
 logger = logging.getLogger("rolloutadmin.api")
 
@@ -31,6 +32,7 @@ class Req:
     headers: dict[str, str]  # lower-case names
     body: bytes = b""
     too_large: bool = False  # the body was over the limit and was not read
+    remote_addr: str = ""  # REMOTE_ADDR; api.throttle.client_address() tells the client's address from it
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
@@ -153,17 +155,28 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 class AuthFailure(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # 429: integer seconds for the Retry-After header
+
+    @property
+    def error(self) -> str:
+        return {401: "unauthenticated", 403: "forbidden", 429: "too_many_requests"}.get(self.status, "forbidden")
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))] if self.retry_after is not None else []
 
 
 def authenticate(req: Req, scope: str) -> KeyInfo:
     """The key named by `Authorization: Bearer <secret>`, from the snapshot (no query per request).
 
-    401 when the header is missing or the key is unknown or revoked, 403 when it lacks the scope. The
-    secret never appears in a message or a log line; at most the key's name does.
+    401 when the header is missing or the key is unknown or revoked, 403 when it lacks the scope, 429
+    (with retry_after) when the client's address sent too many unknown keys (api.throttle: only failures
+    are counted, a valid key never waits). The secret never appears in a message or a log line; at most
+    the key's name does.
     """
     header = req.header("authorization")
     scheme, _, secret = header.partition(" ")
@@ -176,7 +189,13 @@ def authenticate(req: Req, scope: str) -> KeyInfo:
     # The dict lookup finds the candidate by hash; compare_digest makes the final equality check
     # constant-time, so response timing does not reveal how much of a hash matched.
     if key is None or not hmac.compare_digest(digest, key.secret_hash):
-        logger.warning("api auth failed: unknown or revoked key (path %s)", req.path)
+        client = client_address(req.remote_addr, req.header("x-forwarded-for"))
+        retry_after = record_failure(client, digest)
+        if retry_after is not None:
+            logger.warning("api auth refused: too many unknown keys from %s (path %s)", client, req.path)
+            raise AuthFailure(429, f"too many unknown or revoked API keys from this address; retry in {retry_after} "
+                                   "seconds", retry_after)
+        logger.warning("api auth failed: unknown or revoked key from %s (path %s)", client, req.path)
         raise AuthFailure(401, "unknown or revoked API key")
     if scope not in key.scopes:
         logger.warning("api auth failed: key %r lacks scope %r (path %s)", key.name, scope, req.path)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from rolloutadmin import health
+from rolloutadmin import health, outage
 
 from .core import Req, Resp, body_from_environ, max_body_bytes
 from .routing import dispatch
@@ -38,7 +38,7 @@ def request_from_environ(environ: dict) -> Req:
     body, too_large = body_from_environ(environ, max_body_bytes())
     query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     return Req(environ.get("REQUEST_METHOD", "GET").upper(), environ.get("PATH_INFO", "/"), query, headers, body,
-               too_large)
+               too_large, environ.get("REMOTE_ADDR") or "")
 
 
 SPOOL_IN_MEMORY = 1024 * 1024  # a buffered chunked body larger than this waits in a temporary file
@@ -110,10 +110,15 @@ class FastPath:
         try:
             req = request_from_environ(environ)
             resp = dispatch(req)
-        except Exception:
-            logger.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), path)
-            resp = Resp.json(500, {"errorCode": "GENERAL", "error": "internal_error",
-                                   "errorDetails": "internal error", "message": "internal error"})
+        except Exception as exc:
+            if outage.is_database_outage(exc):  # JSON 503 + Retry-After, as under Django (rolloutadmin/outage.py)
+                logger.warning("database unavailable: %s %s answered 503 (%s)", environ.get("REQUEST_METHOD"), path,
+                               type(exc).__name__)
+                resp = outage.api_outage_resp(path)
+            else:
+                logger.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), path)
+                resp = Resp.json(500, {"errorCode": "GENERAL", "error": "internal_error",
+                                       "errorDetails": "internal error", "message": "internal error"})
         if resp is None:
             return self.django_app(environ, start_response)
         body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else resp.body

@@ -12,6 +12,7 @@ from typing import Any
 
 from flags.evaluation import Decision, FlagConfig, Reason, evaluate
 from flags.models import USER_ID_MAX_LENGTH
+from rolloutadmin.outage import RETRY_AFTER_SECONDS
 
 from .core import AuthFailure, BadJson, Req, Resp, authenticate, dumps, max_body_bytes, parse_json
 from .snapshot import ConfigUnavailable, Snapshot, store
@@ -110,9 +111,13 @@ def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot]
             return context
         return context, store.get()
     except AuthFailure as exc:
-        return _ofrep_error(exc.status, key, "GENERAL", exc.message)
-    except ConfigUnavailable:
-        return _ofrep_error(500, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
+        resp = _ofrep_error(exc.status, key, "GENERAL", exc.message)
+        resp.headers.extend(exc.headers)  # 429: Retry-After
+        return resp
+    except ConfigUnavailable:  # 503 + Retry-After, like every API path in an outage (rolloutadmin/outage.py)
+        resp = _ofrep_error(503, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
+        resp.headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
+        return resp
 
 
 def ofrep_single(req: Req, key: str) -> Resp:
@@ -181,6 +186,13 @@ def api_error(status: int, error: str, message: str, fields: dict[str, list[str]
     return Resp.json(status, body, headers)
 
 
+def auth_error(exc: AuthFailure) -> Resp:
+    """401, 403 or 429 (with Retry-After) in the API's error format."""
+    resp = api_error(exc.status, exc.error, exc.message)
+    resp.headers.extend(exc.headers)
+    return resp
+
+
 def validation_error(fields: dict[str, list[str]]) -> Resp:
     names = ", ".join(sorted(fields))
     return api_error(400, "validation_failed", f"invalid input in: {names}", fields)
@@ -212,9 +224,11 @@ def _auth_or_error(req: Req, scope: str) -> Resp | None:
     try:
         authenticate(req, scope)
     except AuthFailure as exc:
-        return api_error(exc.status, "unauthenticated" if exc.status == 401 else "forbidden", exc.message)
+        return auth_error(exc)
     except ConfigUnavailable:
-        return api_error(503, "unavailable", "flag configuration is unavailable (database unreachable)")
+        resp = api_error(503, "unavailable", "flag configuration is unavailable (database unreachable)")
+        resp.headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
+        return resp
     return None
 
 

@@ -20,12 +20,18 @@ ERRORS = {
     "401": _json(_ref("Error"), "Missing, unknown or revoked API key."),
     "403": _json(_ref("Error"), "The key lacks the scope this endpoint needs."),
     "413": _json(_ref("Error"), "The request body is over the size limit."),
+    "429": {**_json(_ref("Error"), "Too many unknown or revoked API keys from this client address: wait for "
+                                   "`Retry-After` seconds. Requests with a valid key are never refused so."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 OFREP_ERRORS = {
     "400": _json(_ref("OfrepError"), "PARSE_ERROR, TARGETING_KEY_MISSING or INVALID_CONTEXT."),
     "401": _json(_ref("OfrepError"), "Missing, unknown or revoked API key."),
     "403": _json(_ref("OfrepError"), "The key lacks the `evaluate` scope."),
     "413": _json(_ref("OfrepError"), "The request body is over the size limit."),
+    "429": {**_json(_ref("OfrepError"), "Too many unknown or revoked API keys from this client address: wait "
+                                        "for `Retry-After` seconds."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
 PAGE_PARAMS = [

@@ -22,7 +22,7 @@ from flags.models import AuditEntry, Flag, OverrideKind, Source, UserOverride
 
 from . import openapi
 from .core import AuthFailure, BadJson, Req, Resp, authenticate, max_body_bytes, parse_json
-from .hot import api_error, validation_error
+from .hot import api_error, auth_error, validation_error
 from .routing import dispatch
 from .snapshot import ConfigUnavailable
 
@@ -47,7 +47,8 @@ def _req(request: HttpRequest) -> Req:
             too_large = True
     headers = {k.lower(): v for k, v in request.headers.items()}
     query = {k: request.GET.getlist(k) for k in request.GET}
-    return Req(request.method or "GET", request.path_info, query, headers, body, too_large)
+    return Req(request.method or "GET", request.path_info, query, headers, body, too_large,
+               request.META.get("REMOTE_ADDR") or "")
 
 
 def _http(resp: Resp) -> HttpResponse:
@@ -99,8 +100,7 @@ def api_view(scope: str, methods: tuple[str, ...]) -> Callable[..., Callable[...
                                                                          "bytes"))
                 return _http(view(req, Actor.for_api_key(key.name), **kwargs))
             except AuthFailure as exc:
-                return _http(api_error(exc.status, "unauthenticated" if exc.status == 401 else "forbidden",
-                                       exc.message))
+                return _http(auth_error(exc))
             except ConfigUnavailable:
                 return _http(api_error(503, "unavailable", "configuration unavailable (database unreachable)"))
             except ApiProblem as exc:

@@ -79,11 +79,15 @@ INSTALLED_APPS = [
     "monitoring",
     "alerts",
     "api",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before the session: a database outage anywhere after it is a 503 with Retry-After, never a 500
+    # (rolloutadmin/outage.py).
+    "rolloutadmin.outage.DatabaseOutageMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,6 +96,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: turns a lockout into the lockout page (rolloutadmin/lockout.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 # The dashboard always sends a strict policy (flags.views.STRICT_CSP). CSP_STRICT=1 sends it on every
@@ -124,7 +130,13 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 3
+        # Fail fast instead of holding a worker: an unreachable server after DB_CONNECT_TIMEOUT seconds, a
+        # statement running longer than DB_STATEMENT_TIMEOUT_MS (0: no limit, e.g. for a long migration).
+        _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+        _db_options["connect_timeout"] = int(os.environ.get("DB_CONNECT_TIMEOUT", "3"))
+        _statement_timeout_ms = int(os.environ.get("DB_STATEMENT_TIMEOUT_MS", "10000"))
+        if _statement_timeout_ms > 0:
+            _db_options["options"] = f"-c statement_timeout={_statement_timeout_ms}"
 else:
     DATABASES = {
         "default": {
@@ -246,6 +258,31 @@ LOGOUT_REDIRECT_URL = "login"
 API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", 4 * 1024 * 1024))
 SNAPSHOT_CHECK_INTERVAL = float(os.environ.get("SNAPSHOT_CHECK_INTERVAL", "0.25"))
 
+# Throttling. Logins (/login/ and /admin/login/, django-axes): after LOGIN_FAILURE_LIMIT failures for a
+# username, every attempt for it, a correct one too, is refused with a 429 page for LOGIN_COOLOFF_MINUTES
+# after the last counted failure; `manage.py axes_reset_username <name>` (or the admin's Axes pages) unlock early.
+# API keys (api/throttle.py): more than API_AUTH_FAILURE_LIMIT different unknown keys from one address within
+# API_AUTH_FAILURE_WINDOW seconds -> 429 with Retry-After for API_AUTH_BLOCK_SECONDS; valid keys never wait.
+# The client address is REMOTE_ADDR; behind TRUSTED_PROXY_COUNT proxies that append to X-Forwarded-For, the
+# address the outermost of them saw (unset: X-Forwarded-For is ignored, a client can forge it).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out username before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "10"))
+AXES_COOLOFF_TIME = float(os.environ.get("LOGIN_COOLOFF_MINUTES", "15")) / 60  # axes reads a number as hours
+AXES_LOCKOUT_PARAMETERS = ["username"]  # per account, from any address: a botnet cannot spread its guesses
+AXES_RESET_ON_SUCCESS = True  # a good login clears the failures before it
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # the cool-off runs from the 10th failure, not the last try
+AXES_LOCKOUT_CALLABLE = "rolloutadmin.lockout.lockout_response"  # 429, Retry-After, a readable page
+AXES_CLIENT_IP_CALLABLE = "api.throttle.axes_client_ip"  # the same client address as the API throttle
+AXES_SENSITIVE_PARAMETERS = ["password"]  # masked in the recorded POST data (usernames are shown to admins)
+AXES_VERBOSE = False  # no banner on every manage.py command: CLI output stays one line
+API_AUTH_FAILURE_LIMIT = int(os.environ.get("API_AUTH_FAILURE_LIMIT", "20"))
+API_AUTH_FAILURE_WINDOW = int(os.environ.get("API_AUTH_FAILURE_WINDOW", "60"))
+API_AUTH_BLOCK_SECONDS = int(os.environ.get("API_AUTH_BLOCK_SECONDS", "60"))
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+
 # Uploads of allow/deny lists: 100,000 ids of up to 255 characters fit comfortably.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
@@ -280,6 +317,10 @@ if HTTPS:
     SECURE_HSTS_PRELOAD = HSTS_PRELOAD
     if not HSTS_PRELOAD:
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# axes.W006 asks for 'ip_address' in AXES_LOCKOUT_PARAMETERS. Deliberately not: users behind one proxy or
+# NAT share an address, and one attacker's failures would lock all of them out (see Throttling above).
+SILENCED_SYSTEM_CHECKS = [*globals().get("SILENCED_SYSTEM_CHECKS", []), "axes.W006"]
 
 LOGGING = {
     "version": 1,

@@ -51,6 +51,17 @@ requires_postgres = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
+def fresh_throttle():
+    # Counters of failed API keys live in the cache (Redis in CI) and outlast a test's transaction: one test's
+    # deliberate bad keys must not throttle the next test's requests from the same address.
+    from api import throttle
+
+    throttle.reset("127.0.0.1")
+    yield
+    throttle.reset("127.0.0.1")
+
+
+@pytest.fixture(autouse=True)
 def fresh_snapshot():
     # Test transactions roll back, so config stamps repeat between tests: start every test afresh.
     from api.snapshot import store
