@@ -11,7 +11,7 @@ from io import StringIO
 
 import pytest
 from django.apps import apps
-from django.core.management import CommandError, call_command, execute_from_command_line
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ from flags.models import AuditEntry, Flag, Source
 from monitoring import services as monitoring
 from monitoring.models import ExecutionRecord
 from tests.conftest import requires_postgres
+from tests.flags.test_commands import run
 from tests.monitoring import at, record
 
 AUDIT = AuditEntry._meta.db_table
@@ -41,16 +42,6 @@ def grants(*args: str) -> str:
     out = StringIO()
     call_command("db_grants", *args, stdout=out)
     return out.getvalue()
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        execute_from_command_line(["manage.py", *argv])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def model_tables() -> set[str]:
