@@ -41,8 +41,6 @@ SUCCESS_RATE = "success_rate"
 ERROR_RATE_DELTA = "error_rate_delta"
 LATENCY_RATIO = "latency_ratio"
 TOKENS_RATIO = "tokens_ratio"
-METRICS = (ERROR_RATE, SUCCESS_RATE, ERROR_RATE_DELTA, LATENCY_RATIO, TOKENS_RATIO)
-COMPARATIVE = frozenset({ERROR_RATE_DELTA, LATENCY_RATIO, TOKENS_RATIO})
 
 LOOKBACK_MINUTES = 120
 # The Bernoulli CUSUMs look for a failure rate this many times the acceptable one (p1 = shift x p0): a

@@ -8,14 +8,16 @@ from django.utils import timezone
 
 from flags.models import Flag
 
+from . import guardrails
+
 
 class Metric(models.TextChoices):
-    # The values are alerts.guardrails' metric names; that module says how each is judged.
-    ERROR_RATE = "error_rate", "treatment error rate (%)"
-    SUCCESS_RATE = "success_rate", "treatment success rate (%)"
-    ERROR_RATE_DELTA = "error_rate_delta", "treatment error rate minus baseline error rate (points)"
-    LATENCY_RATIO = "latency_ratio", "treatment latency / baseline latency (ratio of geometric means)"
-    TOKENS_RATIO = "tokens_ratio", "treatment avg tokens per call / baseline avg tokens per call"
+    # The judge's own metric names (alerts.guardrails says how each is judged).
+    ERROR_RATE = guardrails.ERROR_RATE, "treatment error rate (%)"
+    SUCCESS_RATE = guardrails.SUCCESS_RATE, "treatment success rate (%)"
+    ERROR_RATE_DELTA = guardrails.ERROR_RATE_DELTA, "treatment error rate minus baseline error rate (points)"
+    LATENCY_RATIO = guardrails.LATENCY_RATIO, "treatment latency / baseline latency (ratio of geometric means)"
+    TOKENS_RATIO = guardrails.TOKENS_RATIO, "treatment avg tokens per call / baseline avg tokens per call"
 
 
 UNITS = {Metric.ERROR_RATE: "%", Metric.SUCCESS_RATE: "%", Metric.ERROR_RATE_DELTA: " points",
