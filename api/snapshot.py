@@ -10,10 +10,16 @@ When neither answers, the process keeps serving its last snapshot and marks it s
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import logging
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
@@ -21,6 +27,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from flags import publish, selectors
 from flags.evaluation import FlagConfig
+from rolloutadmin import dbguard, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +64,100 @@ def _load() -> Snapshot:
     return Snapshot(stamp=stamp, flags=flags, keys=keys)
 
 
+# --- copies kept for a cold start in an outage -------------------------------------------------------------
+#
+# A process that starts while the database is down has nothing to answer from. Every served process that
+# loads a newer snapshot keeps a copy in Redis (for every node) and in the var directory (for this host), as
+# gzipped JSON: never pickle, so that whoever can write to Redis cannot run code here. A copy holds what the
+# database holds for evaluation: flags, lists and the SHA-256 hashes of the active API keys (never a secret).
+
+COPY_CACHE_KEY = "rolloutadmin:snapshot-copy"
+COPY_FORMAT = 1
+
+
+def _copy_path() -> Path:
+    return Path(settings.VAR_DIR) / "snapshot" / "snapshot.json.gz"
+
+
+def encode_copy(snap: Snapshot) -> bytes:
+    flags = [{"key": f.key, "enabled": f.enabled, "rollout_basis_points": f.rollout_basis_points,
+              "bucketing": f.bucketing, "salt": f.salt, "version": f.version, "allow": sorted(f.allow),
+              "deny": sorted(f.deny)} for f in snap.flags.values()]
+    keys = [{"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "secret_hash": k.secret_hash}
+            for k in snap.keys.values()]
+    body = {"format": COPY_FORMAT, "stamp": snap.stamp, "loaded_at": snap.loaded_at, "flags": flags, "keys": keys}
+    return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), compresslevel=1)
+
+
+def decode_copy(data: bytes) -> Snapshot:
+    body = json.loads(gzip.decompress(data))
+    if body.get("format") != COPY_FORMAT:
+        raise ValueError(f"unknown snapshot copy format {body.get('format')!r}")
+    flags = {
+        f["key"]: FlagConfig(key=f["key"], enabled=bool(f["enabled"]),
+                             rollout_basis_points=int(f["rollout_basis_points"]), bucketing=f["bucketing"],
+                             salt=f["salt"], version=int(f["version"]), allow=frozenset(f["allow"]),
+                             deny=frozenset(f["deny"]))
+        for f in body["flags"]
+    }
+    keys = {k["secret_hash"]: KeyInfo(int(k["id"]), k["name"], frozenset(k["scopes"]), k["secret_hash"])
+            for k in body["keys"]}
+    return Snapshot(stamp=int(body["stamp"]), flags=flags, keys=keys, loaded_at=float(body["loaded_at"]))
+
+
+def save_copy(snap: Snapshot) -> None:
+    """Keep `snap` in Redis and on disk unless a copy of the same or a newer config is there already."""
+    data: bytes | None = None
+    if getattr(settings, "REDIS_URL", ""):
+        try:
+            kept = cache.get(COPY_CACHE_KEY + ":stamp")
+            if kept is None or int(kept) < snap.stamp:
+                data = encode_copy(snap)
+                cache.set_many({COPY_CACHE_KEY: data, COPY_CACHE_KEY + ":stamp": snap.stamp}, timeout=None)
+        except Exception as exc:
+            logger.warning("could not keep a copy of the snapshot in Redis (%s)", exc)
+    path = _copy_path()
+    try:
+        stamp_file = path.with_suffix(".stamp")
+        kept_text = stamp_file.read_text() if stamp_file.exists() else ""
+        if not kept_text.strip().isdigit() or int(kept_text) < snap.stamp:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = data or encode_copy(snap)
+            for target, content in ((path, data), (stamp_file, str(snap.stamp).encode())):
+                with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
+                    out.write(content)
+                os.replace(out.name, target)  # atomic: a reader sees the old copy or the new one
+    except OSError as exc:
+        logger.warning("could not keep a copy of the snapshot in %s (%s)", path.parent, exc)
+
+
+def load_copy() -> Snapshot | None:
+    """The newest readable copy: Redis's or this host's, whichever holds the later config; None if none."""
+    found: list[Snapshot] = []
+    sources: list[tuple[str, Callable[[], bytes | None]]] = [("disk", lambda: _copy_path().read_bytes()
+                                                               if _copy_path().exists() else None)]
+    if getattr(settings, "REDIS_URL", ""):
+        sources.insert(0, ("Redis", lambda: cache.get(COPY_CACHE_KEY)))
+    for name, read in sources:
+        try:
+            data = read()
+            if data:
+                found.append(decode_copy(data))
+        except Exception as exc:  # unreadable or corrupt: try the other one
+            logger.warning("the snapshot copy in %s is unusable (%s)", name, exc)
+    return max(found, key=lambda snap: snap.stamp, default=None)
+
+
+REFRESH_THREAD = "snapshot-refresh"
+
+
 def _refresh_connection() -> None:
     # Drop a connection past its age or broken, as Django does between requests. Never inside a
-    # transaction: there Django would see autocommit off and close the caller's own connection.
-    if not connection.in_atomic_block:
+    # transaction: there Django would see autocommit off and close the caller's own connection. Never in
+    # the background thread either: it keeps one connection for good (dropped only after an error), where
+    # closing it after every check (CONN_MAX_AGE 0 on SQLite) would open and close a connection four times
+    # a second per process, and on SQLite each opening takes locks that a writer then finds busy.
+    if not connection.in_atomic_block and threading.current_thread().name != REFRESH_THREAD:
         close_old_connections()
 
 
@@ -71,8 +168,22 @@ def _forget_connection() -> None:
 
 
 class SnapshotStore:
+    """This process's snapshot, and how it keeps it current.
+
+    Two ways to check for changes. On request (the default, and what the test suite uses): the request that
+    finds the periodic check due makes it, while the process's other threads answer from the snapshot they
+    have. In the background (`serve()`, called by rolloutadmin/wsgi.py in a server): a thread of this process
+    makes every check, so that no request ever waits on Redis or the database; requests only wake it. Either
+    way a process that committed a change itself reloads before its next answer (read your own writes), and
+    a process with no snapshot at all loads one before answering.
+
+    Served processes also keep the last snapshot they loaded in Redis and on local disk (save_copy below),
+    so that a process starting while the database is down answers from it, marked stale.
+    """
+
     REDIS_RETRY_AFTER = 5.0  # after Redis fails, ask the database for this long before trying it again
     DB_SAFETY_CHECK = 5.0  # even with Redis answering, confirm against the database this often
+    STAMP_QUERY_LIMIT = 2.0  # a stamp check waits this long for the database, at most (rolloutadmin/dbguard.py)
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
@@ -81,25 +192,102 @@ class SnapshotStore:
         self._next_db_check = 0.0
         self._redis_retry_at = 0.0
         self._dirty = False
-        self.stale = False
+        self._failed = False  # the last check could not confirm the snapshot, or it was restored from a copy
+        self._check_started: float | None = None  # when the check in flight began (monotonic)
         self._last_used_flush: dict[int, float] = {}
+        self._touches: dict[int, float] = {}  # key id -> wall time, waiting for the background thread
+        self._copy_pending: Snapshot | None = None
+        self._background = False
+        self._persist = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.confirmed_at = 0.0  # wall time of the last check that showed the snapshot current
+        self.reloads = 0
 
     def reset(self) -> None:
         with self._lock:
+            self._stop_thread()
             self.__init__()  # type: ignore[misc]
+
+    # --- serving mode ---
+
+    def serve(self) -> None:
+        """Check in the background and keep copies, as settings say (SNAPSHOT_BACKGROUND, SNAPSHOT_PERSIST).
+        Called once per server process; a forked child starts its own thread on its first request.
+        SNAPSHOT_CHECK_INTERVAL=0 asks for a check before every answer: that stays on request."""
+        interval = float(getattr(settings, "SNAPSHOT_CHECK_INTERVAL", 0.25))
+        self._background = bool(getattr(settings, "SNAPSHOT_BACKGROUND", True)) and interval > 0
+        self._persist = bool(getattr(settings, "SNAPSHOT_PERSIST", True))
+        if self._background:
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with _thread_start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, name=REFRESH_THREAD, daemon=True)
+            self._thread.start()
+
+    def _stop_thread(self) -> None:
+        self._background = False
+        self._wake.set()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while self._background and self._thread is me:
+            self._wake.wait(float(getattr(settings, "SNAPSHOT_CHECK_INTERVAL", 0.25)))
+            self._wake.clear()
+            if not self._background:
+                break
+            try:
+                if self._due(time.monotonic()):
+                    with self._lock:
+                        self._check(time.monotonic())
+                self._flush_touches()
+                pending, self._copy_pending = self._copy_pending, None
+                if pending is not None:
+                    save_copy(pending)
+            except Exception:  # the thread must outlive any single failure
+                logger.exception("background snapshot check failed")
+                _forget_connection()
+
+    # --- reading ---
+
+    @property
+    def stale(self) -> bool:
+        """Whether the snapshot may be out of date: the last check could not confirm it, or the check in
+        flight has waited longer than SNAPSHOT_STALE_AFTER seconds for Redis or the database."""
+        if self._failed:
+            return True
+        started = self._check_started
+        return started is not None and time.monotonic() - started > float(
+            getattr(settings, "SNAPSHOT_STALE_AFTER", 3.0))
 
     def mark_dirty(self, _stamp: int | None = None) -> None:
         """This process committed a change: reload on the next request (read your own writes)."""
         self._dirty = True
         self._next_check = 0.0
 
+    def _due(self, now: float) -> bool:
+        return self._dirty or self._snapshot is None or now >= self._next_check
+
     def get(self) -> Snapshot:
         snap = self._snapshot
-        now = time.monotonic()
-        if snap is not None and now < self._next_check and not self._dirty:
-            return snap
-        # One thread checks; the others keep answering from the current snapshot meanwhile.
-        if not self._lock.acquire(blocking=snap is None):
+        if snap is not None and not self._dirty:
+            if self._background:
+                if time.monotonic() >= self._next_check:
+                    if self._thread is None or not self._thread.is_alive():
+                        self._ensure_thread()  # a forked worker, or a thread that died
+                    self._wake.set()
+                return snap
+            if time.monotonic() < self._next_check:
+                return snap
+        # One thread checks; the others keep answering from the current snapshot meanwhile. A process that
+        # committed a change waits for the check in flight, then reloads: it reads its own writes.
+        if not self._lock.acquire(blocking=snap is None or self._dirty):
             return snap  # type: ignore[return-value]
         try:
             return self._check(time.monotonic())
@@ -108,30 +296,67 @@ class SnapshotStore:
 
     def _check(self, now: float) -> Snapshot:
         snap = self._snapshot
-        if snap is not None and now < self._next_check and not self._dirty:
+        if snap is not None and not self._due(now):
             return snap  # another thread checked while this one waited
         self._next_check = now + float(getattr(settings, "SNAPSHOT_CHECK_INTERVAL", 0.25))
         force = self._dirty or snap is None
         self._dirty = False
+        self._check_started = now
+        try:
+            return self._check_now(snap, force, now)
+        finally:
+            self._check_started = None
+
+    def _check_now(self, snap: Snapshot | None, force: bool, now: float) -> Snapshot:
         stamp = None if force else self._current_stamp(now)
         if stamp is None and not force:
-            self.stale = True  # neither Redis nor the database could say whether we are current
+            self._failed = True  # neither Redis nor the database could say whether we are current
+            metrics.snapshot_stale(True)
             return snap  # type: ignore[return-value]
         if force or stamp > snap.stamp:  # type: ignore[operator, union-attr]
             try:
                 _refresh_connection()
-                fresh = _load()
+                with dbguard.time_limit(dbguard.statement_limit()):
+                    fresh = _load()
             except DatabaseError as exc:
                 _forget_connection()
                 logger.warning("config reload failed (%s); serving the last snapshot", exc)
+                metrics.snapshot_reload("failed")
                 if snap is None:
-                    raise ConfigUnavailable(str(exc)) from exc
-                self.stale = True
+                    snap = self._restore()
+                    if snap is None:
+                        raise ConfigUnavailable(str(exc)) from exc
+                self._failed = True
+                metrics.snapshot_stale(True)
                 return snap
             self._snapshot = snap = fresh
+            self.reloads += 1
+            metrics.snapshot_reload("ok")
             self._next_db_check = now + self.DB_SAFETY_CHECK
-        self.stale = False
+            if self._persist:
+                if self._background:
+                    self._copy_pending = fresh  # the background thread keeps it: no request waits on that
+                    self._wake.set()
+                else:
+                    save_copy(fresh)
+        self._failed = False
+        self.confirmed_at = time.time()
+        metrics.snapshot_confirmed(snap.stamp, self.confirmed_at)  # type: ignore[union-attr]
         return snap  # type: ignore[return-value]
+
+    def _restore(self) -> Snapshot | None:
+        """The newest copy another process kept (Redis, then this host's disk), or None."""
+        if not self._persist:
+            return None
+        restored = load_copy()
+        if restored is None:
+            return None
+        logger.warning("database unreachable at start: answering from the kept snapshot of config version %s "
+                       "(saved %s), marked stale", restored.stamp, time.strftime(
+                           "%Y-%m-%dT%H:%M:%SZ", time.gmtime(restored.loaded_at)))
+        self._snapshot = restored
+        metrics.snapshot_reload("restored")
+        return restored
 
     def _current_stamp(self, now: float) -> int | None:
         cached: int | None = None
@@ -147,7 +372,8 @@ class SnapshotStore:
                 return int(cached)
         try:
             _refresh_connection()
-            from_db = publish.stamp_from_db()
+            with dbguard.time_limit(self.STAMP_QUERY_LIMIT):
+                from_db = publish.stamp_from_db()
         except DatabaseError as exc:
             _forget_connection()
             logger.warning("database did not answer the config stamp check (%s)", exc)
@@ -164,14 +390,34 @@ class SnapshotStore:
         if now - self._last_used_flush.get(key_id, -1e9) < 60:
             return
         self._last_used_flush[key_id] = now
-        from django.utils import timezone
+        if self._background:  # the background thread writes it: a request never waits on the database
+            self._touches[key_id] = time.time()
+            self._wake.set()
+            return
+        _write_last_used({key_id: time.time()})
 
-        from .models import ApiKey
+    def _flush_touches(self) -> None:
+        if not self._touches:
+            return
+        pending, self._touches = self._touches, {}
+        _write_last_used(pending)
 
-        try:
-            ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
-        except DatabaseError:
-            _forget_connection()
+
+def _write_last_used(times: dict[int, float]) -> None:
+    from datetime import UTC, datetime
+
+    from .models import ApiKey
+
+    try:
+        _refresh_connection()
+        with dbguard.time_limit(SnapshotStore.STAMP_QUERY_LIMIT):
+            for key_id, when in times.items():
+                ApiKey.objects.filter(pk=key_id).update(last_used_at=datetime.fromtimestamp(when, UTC))
+    except DatabaseError:
+        _forget_connection()
+
+
+_thread_start_lock = threading.Lock()
 
 
 store = SnapshotStore()

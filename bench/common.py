@@ -34,6 +34,9 @@ def print_table(rows: list[Row]) -> None:
 def setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rolloutadmin.settings")
     os.environ.setdefault("DEBUG", "1")
+    # Loading millions of rows to measure against takes longer than a request's statement timeout (10 s):
+    # no limit for the benchmarks' own setup. The servers they start get the production default.
+    os.environ.setdefault("DB_STATEMENT_TIMEOUT_MS", "0")
     import django
 
     django.setup()

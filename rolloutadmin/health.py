@@ -82,12 +82,14 @@ def check_broker() -> None:
 
 
 def check_snapshot() -> None:
-    """This process's evaluation snapshot is loaded, or loads now (ConfigUnavailable when it cannot)."""
+    """This process's evaluation snapshot is loaded (or loads now: ConfigUnavailable when it cannot) and
+    confirmed current."""
     from api.snapshot import store
 
-    if getattr(store, "_snapshot", None) is not None:
-        return  # loaded: evaluations answer from it (stale or not; the database check says why)
-    store.get()
+    snapshot = getattr(store, "_snapshot", None) or store.get()
+    if store.stale:  # answering, but from a snapshot nobody could confirm: a restored copy, or checks failing
+        raise RuntimeError(f"stale: answering from config version {snapshot.stamp}, which could not be confirmed "
+                           "current")
 
 
 CHECKS: dict[str, Callable[[], None]] = {
@@ -102,9 +104,17 @@ _running_lock = threading.Lock()
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
 
 
+# Addresses of internal servers: IPv4, bracketed IPv6, libpq's `server at "host"`, ports, URL hosts.
+_ADDRESSES = re.compile(r'\b(?:\d{1,3}\.){3}\d{1,3}\b|\[[0-9a-fA-F:.]+\]|(?<=server at )"[^"]*"|(?<=port )\d+'
+                        r'|(?<=://)[^/\s@]+(?=[:/]|$)|(?<=@)[^/\s:@]+(?::\d+)?|(?<=host )\S+')
+
+
 def _describe(exc: BaseException) -> str:
+    """What failed, for an anonymous caller: the error type and message without passwords, host names,
+    addresses or ports (the log has the full message)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = _CREDENTIALS.sub(r"\1***@", text)  # never show a password from a URL in an error message
+    text = _ADDRESSES.sub("***", text)
     return f"error: {type(exc).__name__}: {text}"[:300]
 
 
@@ -113,7 +123,8 @@ def _run(name: str, check: Callable[[], None], results: dict[str, str]) -> None:
         check()
     except BaseException as exc:  # any failure is an answer, never a 500
         results[name] = _describe(exc)
-        logger.warning("readiness check %s failed: %s", name, results[name])
+        logger.warning("readiness check %s failed: %s: %s", name, type(exc).__name__,
+                       _CREDENTIALS.sub(r"\1***@", " ".join(str(exc).split()))[:500])
     else:
         results[name] = "ok"
     finally:

@@ -88,6 +88,9 @@ MIDDLEWARE = [
     # Before the session: a database outage anywhere after it is a 503 with Retry-After, never a 500
     # (rolloutadmin/outage.py).
     "rolloutadmin.outage.DatabaseOutageMiddleware",
+    # At most DB_REQUEST_SLOTS database-bound requests per process, so that a hung database cannot take
+    # every thread from the evaluations (rolloutadmin/dbguard.py).
+    "rolloutadmin.dbguard.DatabaseSlotsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -126,7 +129,18 @@ TEMPLATES = [
     },
 ]
 
+# Web, worker and beat share an SQLite file: WAL lets readers run beside the writer, IMMEDIATE takes the
+# write lock at BEGIN so a transaction never fails half-way on a lock upgrade (SQLite answers a deferred
+# transaction's late write with "database is locked" at once, without waiting), and each waits up to 20 s
+# for its turn. The same for the embedded default and for any sqlite:// DATABASE_URL.
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
+
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+DB_STATEMENT_TIMEOUT_MS = int(os.environ.get("DB_STATEMENT_TIMEOUT_MS", "10000"))
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
@@ -134,21 +148,16 @@ if DATABASE_URL:
         # statement running longer than DB_STATEMENT_TIMEOUT_MS (0: no limit, e.g. for a long migration).
         _db_options = DATABASES["default"].setdefault("OPTIONS", {})
         _db_options["connect_timeout"] = int(os.environ.get("DB_CONNECT_TIMEOUT", "3"))
-        _statement_timeout_ms = int(os.environ.get("DB_STATEMENT_TIMEOUT_MS", "10000"))
-        if _statement_timeout_ms > 0:
-            _db_options["options"] = f"-c statement_timeout={_statement_timeout_ms}"
+        if DB_STATEMENT_TIMEOUT_MS > 0:
+            _db_options["options"] = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
+    elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        DATABASES["default"]["OPTIONS"] = {**SQLITE_OPTIONS, **DATABASES["default"].get("OPTIONS", {})}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "db.sqlite3",
-            # Web, worker and beat share the file: WAL lets readers run beside the writer, IMMEDIATE
-            # takes the write lock at BEGIN so a transaction never fails half-way on a lock upgrade.
-            "OPTIONS": {
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
+            "OPTIONS": dict(SQLITE_OPTIONS),
             # A file, not memory, so that tests can run real server processes against it.
             "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
         }
@@ -257,6 +266,23 @@ LOGOUT_REDIRECT_URL = "login"
 # The API: bodies over this are refused with 413; the config snapshot checks for changes this often.
 API_MAX_BODY_BYTES = int(os.environ.get("API_MAX_BODY_BYTES", 4 * 1024 * 1024))
 SNAPSHOT_CHECK_INTERVAL = float(os.environ.get("SNAPSHOT_CHECK_INTERVAL", "0.25"))
+# In a server (rolloutadmin/wsgi.py) a thread of each process makes those checks, so that no request waits
+# on Redis or the database, and keeps a copy of the snapshot in Redis and under VAR_DIR/snapshot for a
+# process that starts while the database is down. A check waiting longer than SNAPSHOT_STALE_AFTER seconds
+# marks the answers stale.
+SNAPSHOT_BACKGROUND = env_bool("SNAPSHOT_BACKGROUND", True)
+SNAPSHOT_PERSIST = env_bool("SNAPSHOT_PERSIST", True)
+SNAPSHOT_STALE_AFTER = float(os.environ.get("SNAPSHOT_STALE_AFTER", "3"))
+# Database-bound requests per process at once (0: no limit); a request finding them all taken waits up to
+# DB_SLOT_WAIT seconds (not at all while one has been stuck over DB_SLOT_STUCK seconds), then answers 503.
+DB_REQUEST_SLOTS = int(os.environ.get("DB_REQUEST_SLOTS", "4"))
+DB_SLOT_WAIT = float(os.environ.get("DB_SLOT_WAIT", "0.5"))
+DB_SLOT_STUCK = float(os.environ.get("DB_SLOT_STUCK", "1"))
+# A web request's query that has waited this many seconds has its connection cut (a hung server never
+# enforces its own statement_timeout); 0: the statement timeout + 2 s (rolloutadmin/dbguard.py).
+DB_QUERY_DEADLINE = float(os.environ.get("DB_QUERY_DEADLINE", "0"))
+# GET /metrics (Prometheus) asks for `Authorization: Bearer <METRICS_TOKEN>` when this is set.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 
 # Throttling. Logins (/login/ and /admin/login/, django-axes): after LOGIN_FAILURE_LIMIT failures for a
 # username, every attempt for it, a correct one too, is refused with a 429 page for LOGIN_COOLOFF_MINUTES
@@ -322,10 +348,24 @@ if HTTPS:
 # NAT share an address, and one attacker's failures would lock all of them out (see Throttling above).
 SILENCED_SYSTEM_CHECKS = [*globals().get("SILENCED_SYSTEM_CHECKS", []), "axes.W006"]
 
+# LOG_FORMAT: plain (default, for people) or json (one object per line, for log shippers); the request id
+# of the request being served is on every line (rolloutadmin/requestlog.py). REQUEST_LOG=0 drops the one
+# line per request, for deployments that take access logs from their proxy.
+_LOG_FORMATTERS = {
+    "plain": {"()": "rolloutadmin.requestlog.PlainFormatter",
+              "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    "json": {"()": "rolloutadmin.requestlog.JsonFormatter"},
+}
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "").strip().lower() or "plain"
+if LOG_FORMAT not in _LOG_FORMATTERS:
+    raise ImproperlyConfigured(
+        f"LOG_FORMAT must be one of {', '.join(_LOG_FORMATTERS)}, not {os.environ['LOG_FORMAT']!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {LOG_FORMAT: _LOG_FORMATTERS[LOG_FORMAT]},
+    "filters": {"request_id": {"()": "rolloutadmin.requestlog.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
+    "loggers": {"rolloutadmin.request": {} if env_bool("REQUEST_LOG", True) else {"level": "WARNING"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from flags import services
@@ -12,6 +13,18 @@ from flags.actors import Actor
 from flags.models import Source
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+# rolloutadmin/wsgi.py puts the snapshot into serving mode (checks in a background thread, copies kept in
+# Redis and on disk). In this process the tests drive the checks themselves and roll back their data, so a
+# background thread with its own connection, or a copy from an earlier test, would answer from the wrong
+# data. Tests of serving mode turn it on explicitly; the live servers the tests start run it by default.
+settings.SNAPSHOT_BACKGROUND = False
+settings.SNAPSHOT_PERSIST = False
+
+# The production WSGI callable, imported once before any test: the import sets Django up again, logging
+# included (dictConfig binds the console handler to the sys.stderr of that moment). Imported in the middle
+# of a test, the handler would keep that test's captured stream, closed once the test ends.
+import rolloutadmin.wsgi  # noqa: E402, F401
 
 
 def shared_data(name: str) -> dict:
@@ -80,3 +93,29 @@ def make_key(db):
         return secret
 
     return make
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start real server processes (tests/live.py: gunicorn by default, or GranianServer) against this test
+    run's database, and its Redis when configured (REDIS_URL="" for none). `var` names the var directory:
+    two servers given the same name share a host's disk. Stopped after the test."""
+    from tests.live import Server, database_url, redis_url
+
+    started: list[Server] = []
+
+    def start(server_class: type[Server] = Server, *, var: str | None = None, options: dict | None = None,
+              **env: str) -> Server:
+        try:
+            env.setdefault("DATABASE_URL", database_url())
+        except RuntimeError as exc:  # an in-memory SQLite test database cannot be shared with a server
+            pytest.skip(str(exc))
+        if redis_url():
+            env.setdefault("REDIS_URL", redis_url())
+        server = server_class(env, tmp_path / (var or f"var{len(started)}"), **(options or {}))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -44,13 +44,16 @@ def database_url() -> str:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to an upstream; cut() drops the listener and every open connection."""
+    """Forwards 127.0.0.1:<port> to an upstream. cut() drops the listener and every open connection (the
+    peer is refused); freeze() keeps every connection open and accepts new ones but forwards nothing, so
+    the peer waits on a read that never returns (a hung server); thaw() lets the bytes through again."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._frozen = threading.Event()
         self._listener: socket.socket | None = None
         self.restore()
 
@@ -80,7 +83,10 @@ class TcpProxy:
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while True:
-                readable, _, _ = select.select([a, b], [], [], 1.0)
+                if self._frozen.is_set():
+                    time.sleep(0.02)
+                    continue
+                readable, _, _ = select.select([a, b], [], [], 0.05)
                 for source in readable:
                     data = source.recv(65536)
                     if not data:
@@ -107,12 +113,23 @@ class TcpProxy:
                     s.close()
             self._sockets.clear()
 
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
     def close(self) -> None:
+        self._frozen.clear()
         self.cut()
 
 
 class Server:
     """`gunicorn` serving rolloutadmin on a free loopback port, as in production (lean path included)."""
+
+    NAME = "gunicorn"
+    WORKERS_VARIABLE = "GUNICORN_WORKERS"
+    READY_MARKER = "config snapshot"  # each worker's "config snapshot (not) loaded at start" line
 
     def __init__(self, env: dict[str, str], var_dir: Path) -> None:
         self.port = free_port()
@@ -123,28 +140,34 @@ class Server:
             "SECRET_KEY": "live-test-secret-key-" + "x" * 40,
             "ROLLOUTADMIN_VAR_DIR": str(var_dir),
             "GUNICORN_LOGLEVEL": "info",  # the workers' "config snapshot loaded" lines say they are ready
-            "GUNICORN_WORKERS": "2",
+            self.WORKERS_VARIABLE: "2",
+            **self._extra_environment(var_dir),
             **env,
         })
-        self.workers = int(full_env["GUNICORN_WORKERS"])
-        self.log = var_dir / f"gunicorn-{self.port}.log"
+        self.workers = int(full_env[self.WORKERS_VARIABLE])
+        self.var_dir = var_dir
+        self.log = var_dir / f"{self.NAME}-{self.port}.log"
         var_dir.mkdir(parents=True, exist_ok=True)
         self._log_handle = self.log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "rolloutadmin/gunicorn.conf.py", "--bind",
-             f"127.0.0.1:{self.port}"],
-            cwd=ROOT, env=full_env, stdout=self._log_handle, stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen(self._command(), cwd=ROOT, env=full_env, stdout=self._log_handle,
+                                        stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def _extra_environment(self, var_dir: Path) -> dict[str, str]:
+        return {}
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "rolloutadmin/gunicorn.conf.py", "--bind",
+                f"127.0.0.1:{self.port}"]
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.NAME} exited: {self.log.read_text()[-3000:]}")
             # Every worker, not just the first: one still booting when a test cuts the database would
             # start without a snapshot.
-            if self.log.read_text().count("config snapshot") >= self.workers:
+            if self.log.read_text().count(self.READY_MARKER) >= self.workers:
                 try:
                     with urllib.request.urlopen(self.url + "/api/v1/openapi.json", timeout=1) as response:
                         if response.status == 200:
@@ -152,10 +175,11 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not start: {self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.NAME} did not start: {self.log.read_text()[-3000:]}")
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
-                headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
+                headers: dict[str, str] | None = None, raw: bytes | None = None,
+                timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -164,7 +188,7 @@ class Server:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 status, payload, response_headers = response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as exc:
             status, payload, response_headers = exc.code, exc.read(), dict(exc.headers)
@@ -182,3 +206,47 @@ class Server:
 
 def redis_url() -> str:
     return getattr(settings, "REDIS_URL", "") or ""
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    """`url` (a database URL) with its host and port replaced by the proxy's."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    return parsed._replace(netloc=(f"{parsed.username}@" if parsed.username else "")
+                           + f"127.0.0.1:{proxy.port}").geturl()
+
+
+class GranianServer(Server):
+    """`granian --interface wsgi` serving the same application (rolloutadmin.wsgi:application, lean path
+    included) on a free loopback port; the same interface as Server. `threads` is granian's
+    --blocking-threads per worker (the Python threads that run requests); `args` adds command-line options
+    (e.g. ["--access-log"]). Each worker imports the application when it starts, and rolloutadmin/wsgi.py
+    loads the snapshot then: granian has no per-worker hook."""
+
+    NAME = "granian"
+    WORKERS_VARIABLE = "GRANIAN_WORKERS"
+    READY_MARKER = "Started worker-"  # logged once the worker has imported the application
+
+    def __init__(self, env: dict[str, str], var_dir: Path, threads: int = 4, args: list[str] | None = None) -> None:
+        self.threads = threads
+        self.args = args or []
+        super().__init__(env, var_dir)
+
+    def _extra_environment(self, var_dir: Path) -> dict[str, str]:
+        # gunicorn.conf.py sets this itself; granian has no config file, so it comes from the environment.
+        (var_dir / "prometheus").mkdir(parents=True, exist_ok=True)
+        return {"PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus")}
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port",
+                str(self.port), "--blocking-threads", str(self.threads), *self.args, "rolloutadmin.wsgi:application"]
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids, from granian's "Spawning worker-N with PID: ..." lines (latest per N)."""
+        import re
+
+        latest: dict[str, int] = {}
+        for number, pid in re.findall(r"Spawning worker-(\d+) with PID: (\d+)", self.log.read_text()):
+            latest[number] = int(pid)
+        return list(latest.values())

@@ -40,7 +40,11 @@ def wsgi_get(path: str, host: str = "10.1.2.3:8000", method: str = "GET") -> tup
     def start_response(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
         answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
 
-    body = b"".join(application(environ, start_response))
+    result = application(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()  # as every server does: the request log writes its line and forgets the request id
     return answer["status"], answer["headers"], body
 
 
@@ -282,3 +286,23 @@ def test_under_gunicorn_healthy_then_broker_down_then_database_down(live, tmp_pa
     assert status == 503
     assert body["checks"]["database"].startswith("error:") and body["checks"]["snapshot"].startswith("error:")
     assert headers["Retry-After"] == "5"
+
+
+def test_a_failed_check_names_no_internal_host_address_or_port_but_the_log_does(caplog):
+    from rolloutadmin import health
+
+    failure = RuntimeError('connection to server at "db-primary.internal" (10.1.2.3), port 6432 failed: '
+                           "Connection refused; redis://:pw@cache.internal:6379/0 [fd00::1]")
+    described = health._describe(failure)
+    assert described.startswith("error: RuntimeError: connection to server at") and "refused" in described
+    for secret in ("db-primary.internal", "10.1.2.3", "6432", "cache.internal", "6379", "pw", "fd00::1"):
+        assert secret not in described, secret
+
+    def failing() -> None:
+        raise failure
+
+    results: dict[str, str] = {}
+    with caplog.at_level("WARNING", logger="rolloutadmin.health"):
+        health._run("database", failing, results)
+    assert results["database"] == described
+    assert "db-primary.internal" in caplog.text and ":pw@" not in caplog.text

@@ -498,26 +498,10 @@ def test_on_postgres_a_statement_over_the_timeout_is_cancelled_and_answered_as_a
 # --- real gunicorn on PostgreSQL, the database cut by a TCP proxy ---------------------------------------------
 
 
-@pytest.fixture
-def gunicorn(tmp_path):
-    from tests.live import Server
-
-    started: list = []
-
-    def start(**env: str):
-        server = Server(env, tmp_path / f"var{len(started)}")
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def test_gunicorn_with_postgres_cut_answers_json_503_evaluates_stale_and_recovers_without_restart(gunicorn, keys):
+def test_gunicorn_with_postgres_cut_answers_json_503_evaluates_stale_and_recovers_without_restart(servers, keys):
     from urllib.parse import urlparse
 
-    from tests.live import TcpProxy, database_url
+    from tests.live import TcpProxy, database_url, through
 
     url = database_url()
     if not url.startswith("postgres"):
@@ -525,11 +509,10 @@ def test_gunicorn_with_postgres_cut_answers_json_503_evaluates_stale_and_recover
     parsed = urlparse(url)
     proxy = TcpProxy(parsed.hostname or "127.0.0.1", parsed.port or 5432)
     try:
-        proxied = parsed._replace(netloc=(f"{parsed.username}@" if parsed.username else "")
-                                  + f"127.0.0.1:{proxy.port}").geturl()
+        proxied = through(proxy, url)
         # No Redis: the database is the only source of the config stamp, so evaluations say they are stale
         # (with Redis up they answer as current; tests/api/test_live_servers.py cuts both).
-        server = gunicorn(DATABASE_URL=proxied, SNAPSHOT_CHECK_INTERVAL="0.1")
+        server = servers(DATABASE_URL=proxied, REDIS_URL="", SNAPSHOT_CHECK_INTERVAL="0.1")
         pid = server.process.pid
         batch = {"records": [record(user_id=f"u{i}") for i in range(3)]}
 

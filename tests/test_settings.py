@@ -69,6 +69,20 @@ def test_urls_switch_to_postgres_and_redis(tmp_path):
     assert "RedisCache" in result.stdout
 
 
+def test_an_sqlite_database_url_gets_the_same_locking_options_as_the_embedded_default(tmp_path):
+    # Without them a deferred transaction that reads, then writes after another process wrote, fails at
+    # once with "database is locked" (seen with two gunicorn servers on one file).
+    show = ("import django, json; from django.conf import settings; django.setup(); "
+            "print(json.dumps(settings.DATABASES['default']['OPTIONS']))")
+    embedded = run_python(tmp_path, ["-c", show], DEBUG="1")
+    by_url = run_python(tmp_path, ["-c", show], DEBUG="1", DATABASE_URL=f"sqlite:///{tmp_path}/other.sqlite3")
+    assert embedded.returncode == 0 and by_url.returncode == 0, (embedded.stderr, by_url.stderr)
+    options = json.loads(by_url.stdout)
+    assert options == json.loads(embedded.stdout)
+    assert options["transaction_mode"] == "IMMEDIATE" and options["timeout"] >= 20
+    assert "journal_mode=WAL" in options["init_command"]
+
+
 @pytest.mark.parametrize("value", ["maybe", "2"])
 def test_a_debug_value_that_is_not_a_boolean_is_an_error(tmp_path, value):
     result = probe(tmp_path, DEBUG=value)
