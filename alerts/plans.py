@@ -27,6 +27,7 @@ from django.utils import timezone
 from flags import services as flag_services
 from flags.actors import Actor
 from flags.models import Flag, Source
+from rolloutadmin import metrics
 
 from . import guardrails, health
 from .models import DEFAULT_STAGES, PlanStage, PlanState, RolloutPlan, Severity
@@ -88,6 +89,11 @@ def _save(plan: RolloutPlan, now: datetime, *fields: str) -> None:
     plan.save(update_fields=[*fields, "updated_at"])
 
 
+def _counted(transition: str) -> None:
+    """Count a plan transition for /metrics once its transaction commits (a rolled-back one never happened)."""
+    transaction.on_commit(lambda: metrics.plan_transition(transition))
+
+
 def _set_stage(plan: RolloutPlan, index: int, *, actor: Actor, source: str, reason: str, now: datetime) -> None:
     stage = _stages(plan)[index]
     plan.current_stage, plan.stage_started_at = index, now
@@ -128,6 +134,7 @@ def plan_start(*, plan: RolloutPlan, actor: Actor, source: str = Source.UI, now:
         raise ValidationError({"stages": "a plan needs stages rising between 0% and 100%"})
     check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"started by {actor.name}"
+    _counted("started")
     _set_stage(plan, 0, actor=actor, source=source, reason="rollout plan started: stage 1", now=now)
     return plan
 
@@ -138,6 +145,7 @@ def plan_pause(*, plan: RolloutPlan, actor: Actor, reason: str = "", now: dateti
     if plan.state != PlanState.RUNNING:
         raise ValidationError({"state": f"only a running plan can pause; this one is {plan.state}"})
     plan.state, plan.status_note = PlanState.PAUSED, f"paused by {actor.name}" + (f": {reason}" if reason else "")
+    _counted("paused")
     _save(plan, now or timezone.now(), "state", "status_note")
     return plan
 
@@ -151,6 +159,7 @@ def plan_resume(*, plan: RolloutPlan, actor: Actor, now: datetime | None = None,
         raise ValidationError({"state": f"only a paused plan can resume; this one is {plan.state}"})
     check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"resumed by {actor.name}"
+    _counted("resumed")
     _set_stage(plan, plan.current_stage, actor=actor, source=Source.UI,
                reason=f"rollout plan resumed at stage {plan.current_stage + 1}", now=now or timezone.now())
     return plan
@@ -167,6 +176,7 @@ def plan_advance_now(*, plan: RolloutPlan, actor: Actor, now: datetime | None = 
         raise ValidationError({"state": "the plan is at its last stage"})
     check_raise_allowed(plan.flag, confirmed=confirmed)
     plan.state, plan.status_note = PlanState.RUNNING, f"advanced by {actor.name}"
+    _counted("advanced_by_hand")
     _set_stage(plan, plan.current_stage + 1, actor=actor, source=Source.UI,
                reason=f"rollout plan advanced by hand to stage {plan.current_stage + 2}", now=now or timezone.now())
     return plan
@@ -181,6 +191,7 @@ def plan_abort(*, plan: RolloutPlan, actor: Actor, reason: str = "", now: dateti
         raise ValidationError({"state": f"this plan is already {plan.state}"})
     was_draft = plan.state == PlanState.DRAFT
     plan.state, plan.status_note = PlanState.ROLLED_BACK, f"aborted by {actor.name}" + (f": {reason}" if reason else "")
+    _counted("aborted")
     _save(plan, now, "state", "status_note")
     if not was_draft:
         flag_services.flag_update(flag=plan.flag.key, rollout_percentage=0, actor=actor, source=Source.UI,
@@ -197,6 +208,7 @@ def pause_running_plan(flag: Flag, *, actor: Actor, source: str, reason: str, no
     if not dry_run:
         plan.state = PlanState.PAUSED
         plan.status_note = f"paused: {actor.name} ({source}) changed the flag: {reason}"[:500]
+        _counted("paused")
         _save(plan, now or timezone.now(), "state", "status_note")
     return True
 
@@ -215,12 +227,14 @@ def step_back(plan: RolloutPlan, *, actor: Actor, source: str, reason: str, now:
             plan.state, plan.current_stage, plan.stage_started_at = PlanState.PAUSED, index, now
             plan.status_note = f"paused at stage {index + 1} after a regression: {reason}"[:500]
             _save(plan, now, "state", "current_stage", "stage_started_at", "status_note")
+            _counted("stepped_back")
     else:
         target = Decimal(0)
         done = ["rollout plan rolled back to 0%"]
         if not dry_run:
             plan.state, plan.status_note = PlanState.ROLLED_BACK, f"rolled back: {reason}"[:500]
             _save(plan, now, "state", "status_note")
+            _counted("rolled_back")
     if flag.rollout_percentage <= target:
         return [*done, f"rollout already at {flag.rollout_percentage}%"], not dry_run
     if not dry_run:
@@ -291,10 +305,12 @@ def tick(plan_id: int, *, now: datetime | None = None, dry_run: bool = False) ->
             step_back(plan, actor=PLAN_ACTOR, source=Source.PLAN, reason=f"rollout plan gate: {info['why']}", now=now)
         elif info["decision"] == "advance":
             plan.status_note = f"advanced: {info['why']}"[:500]
+            _counted("advanced")
             _set_stage(plan, plan.current_stage + 1, actor=PLAN_ACTOR, source=Source.PLAN,
                        reason=f"rollout plan stage {plan.current_stage + 2}: {info['why']}", now=now)
         elif info["decision"] == "complete":
             plan.state, plan.status_note = PlanState.COMPLETED, f"completed: {info['why']}"[:500]
+            _counted("completed")
             _save(plan, now, "state", "status_note")
         else:
             plan.status_note = f"holding: {info['why']}"[:500]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 from django.utils import timezone
+
+from rolloutadmin import metrics
 
 from . import notify, plans, services
 
@@ -11,8 +15,14 @@ from . import notify, plans, services
 @shared_task(name="alerts.check_alerts", soft_time_limit=50, time_limit=55, ignore_result=True)
 def check_alerts() -> None:
     now = timezone.now()  # the check and the plans judge the same minutes
-    services.check_all(now=now)
-    plans.tick_all(now=now)
+    started = time.monotonic()
+    result = "failed"
+    try:
+        services.check_all(now=now)
+        plans.tick_all(now=now)
+        result = "ok"
+    finally:  # counted for /metrics either way: a check that keeps failing must show
+        metrics.alert_check(result, time.monotonic() - started, time.time())
 
 
 @shared_task(name="alerts.send_notification", bind=True, max_retries=5, soft_time_limit=20, time_limit=30,

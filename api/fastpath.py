@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from http import HTTPStatus
+from time import perf_counter
 from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from rolloutadmin import health, outage
+from rolloutadmin import health, metrics, outage
 
 from .core import Req, Resp, body_from_environ, max_body_bytes
 from .routing import dispatch
@@ -107,6 +108,7 @@ class FastPath:
                 if refused is not None:
                     return refused(environ, start_response)
             return self.django_app(environ, start_response)
+        started = perf_counter()
         try:
             req = request_from_environ(environ)
             resp = dispatch(req)
@@ -121,6 +123,7 @@ class FastPath:
                                        "errorDetails": "internal error", "message": "internal error"})
         if resp is None:
             return self.django_app(environ, start_response)
+        metrics.evaluation_seconds("ofrep" if "ofrep/" in path else "json", perf_counter() - started)
         body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else resp.body
         start_response(_reason(resp.status), [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [body]

@@ -12,6 +12,7 @@ from typing import Any
 
 from flags.evaluation import Decision, FlagConfig, Reason, evaluate
 from flags.models import USER_ID_MAX_LENGTH
+from rolloutadmin import metrics
 from rolloutadmin.outage import RETRY_AFTER_SECONDS
 
 from .core import AuthFailure, BadJson, Req, Resp, authenticate, dumps, max_body_bytes, parse_json
@@ -127,10 +128,13 @@ def ofrep_single(req: Req, key: str) -> Resp:
     context, snapshot = prelude
     flag = snapshot.flags.get(key)
     if flag is None:
+        metrics.evaluation(metrics.UNKNOWN_FLAG, "FLAG_NOT_FOUND")
         return _ofrep_error(404, key, "FLAG_NOT_FOUND", f"flag {key!r} does not exist")
     decision = _decide(flag, context)
     if not isinstance(decision, Decision):
+        metrics.evaluation(key, decision[0])
         return _ofrep_error(400, key, decision[0], decision[1])
+    metrics.evaluation(key, decision.reason.value)
     return Resp.json(200, _ofrep_item(flag, decision, snapshot))
 
 
@@ -163,8 +167,10 @@ def ofrep_bulk(req: Req) -> Resp:
         flag = snapshot.flags[key]
         decision = _decide(flag, context)
         if not isinstance(decision, Decision):
+            metrics.evaluation(key, decision[0])
             items.append({"key": key, "errorCode": decision[0], "errorDetails": decision[1]})
         else:
+            metrics.evaluation(key, decision.reason.value)
             items.append(_ofrep_item(flag, decision, snapshot))
     return Resp.json(200, {"flags": items}, [("ETag", etag)])
 
@@ -244,8 +250,10 @@ def evaluate_one(req: Req, key: str) -> Resp:
     snapshot = store.get()
     flag = snapshot.flags.get(key)
     if flag is None:
+        metrics.evaluation(metrics.UNKNOWN_FLAG, "FLAG_NOT_FOUND")
         return api_error(404, "not_found", f"flag {key!r} does not exist")
     decision = evaluate(flag, user_id)  # type: ignore[arg-type]
+    metrics.evaluation(key, decision.reason.value)
     body = _decision_json(key, user_id, decision)  # type: ignore[arg-type]
     body["rollout_percentage"] = flag.rollout_basis_points / 100
     body["version"] = flag.version
@@ -295,8 +303,13 @@ def evaluate_many(req: Req) -> Resp:
     append = results.append
     for key in flag_keys:
         flag = snapshot.flags.get(key)
+        reasons: dict[str, int] = {}
         for user_id in user_ids:
             decision = evaluate(flag, user_id)
-            append({"flag": key, "user_id": user_id, "enabled": decision.enabled, "reason": decision.reason.value,
+            reason = decision.reason.value
+            reasons[reason] = reasons.get(reason, 0) + 1
+            append({"flag": key, "user_id": user_id, "enabled": decision.enabled, "reason": reason,
                     "bucket": decision.bucket})
+        for reason, count in reasons.items():  # one increment per flag and reason, not one per decision
+            metrics.evaluation(key if flag is not None else metrics.UNKNOWN_FLAG, reason, count)
     return Resp.json(200, {"config_version": snapshot.stamp, "stale": store.stale, "results": results})

@@ -20,6 +20,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from rolloutadmin import metrics
+
 from . import histogram
 from .models import ExecutionRecord, Rollup
 from .selectors import Totals
@@ -320,6 +322,7 @@ def ingest(records: Any, *, now: datetime | None = None) -> IngestResult:
     by_mode: dict[str, int] = defaultdict(int)
     for r in inserted:
         by_mode[r.mode] += 1
+    transaction.on_commit(lambda: [metrics.ingested(mode, count) for mode, count in by_mode.items()])
     return IngestResult(received=len(clean), accepted=len(inserted), duplicates=len(clean) - len(inserted),
                         by_mode=dict(by_mode))
 

@@ -4,12 +4,13 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from . import health
+from . import health, metrics_endpoint
 
 urlpatterns = [
     # For load balancers and orchestrators: no login, no CSRF, never a 500 (rolloutadmin/health.py).
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     # Browsers ask for /favicon.ico on pages that name no icon (the admin): answer instead of a 404.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
