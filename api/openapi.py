@@ -23,6 +23,9 @@ ERRORS = {
     "429": {**_json(_ref("Error"), "Too many unknown or revoked API keys from this client address: wait for "
                                    "`Retry-After` seconds. Requests with a valid key are never refused so."),
             "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+    "503": {**_json(_ref("Error"), "The database is unreachable or busy (`error`: `unavailable`): retry "
+                                   "after `Retry-After` seconds. Nothing was written."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 OFREP_ERRORS = {
     "400": _json(_ref("OfrepError"), "PARSE_ERROR, TARGETING_KEY_MISSING or INVALID_CONTEXT."),
@@ -31,6 +34,9 @@ OFREP_ERRORS = {
     "413": _json(_ref("OfrepError"), "The request body is over the size limit."),
     "429": {**_json(_ref("OfrepError"), "Too many unknown or revoked API keys from this client address: wait "
                                         "for `Retry-After` seconds."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+    "503": {**_json(_ref("OfrepError"), "This process has no flag configuration yet and the database "
+                                        "is unreachable: retry after `Retry-After` seconds."),
             "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}

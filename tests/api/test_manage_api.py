@@ -713,6 +713,20 @@ def test_every_documented_operation_is_routed(client, flag, make_key):
             assert response.status_code not in (404, 405), (method, path, response.status_code)
 
 
+def test_every_authenticated_operation_documents_the_outage_503_with_retry_after(client):
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    checked = 0
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "401" not in operation["responses"]:
+                continue  # the OpenAPI document itself needs no key and no database
+            answer = operation["responses"].get("503")
+            assert answer is not None, (method, path)
+            assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer", (method, path)
+            checked += 1
+    assert checked >= 10
+
+
 def test_openapi_refs_resolve(client):
     document = client.get("/api/v1/openapi.json").json()
     refs = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document)))
