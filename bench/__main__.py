@@ -8,7 +8,8 @@ import sys
 from bench.common import print_table, setup_django, throwaway_database
 
 # name -> needs a database
-BENCHES = {"evaluation": False, "lists": True, "api": True, "monitoring": True, "alerts": True, "guardrails": True}
+BENCHES = {"evaluation": False, "lists": True, "api": True, "monitoring": True, "alerts": True, "guardrails": True,
+           "servers": True, "outage": True}
 
 
 def main(argv: list[str]) -> int:
