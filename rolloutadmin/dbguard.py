@@ -194,13 +194,15 @@ def install() -> None:
 
 
 def _exempt(request: HttpRequest) -> bool:
-    """Requests that never need the database: health checks, static files, the evaluation endpoints."""
+    """Requests that take no slot: those that never need the database (health checks, static files, the
+    evaluation endpoints) and /metrics, which bounds its own reads to 2 s and must answer in an outage."""
     from api import routing
 
     from . import health
 
     path = request.path_info
-    if path in health.PATHS or path.startswith("/" + str(getattr(settings, "STATIC_URL", "static/")).lstrip("/")):
+    if path in health.PATHS or path == "/metrics" or path.startswith(
+            "/" + str(getattr(settings, "STATIC_URL", "static/")).lstrip("/")):
         return True
     return routing.match((request.method or "GET").upper(), path) is not None
 
