@@ -190,10 +190,13 @@ class RequestIdFilter(logging.Filter):
 
 
 class PlainFormatter(logging.Formatter):
-    """The format given, plus ` rid=<id>` after the message when the record has a request id."""
+    """The format given, plus ` rid=<id>` after the message when the record has a request id. A message is
+    always one line: carriage returns and line feeds in it are written as \\r and \\n, so that no logger can be
+    made to forge a second line by a crafted header, key or path (Django escapes its own request paths). A
+    traceback still follows on lines of its own."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        text = super().formatMessage(record)
+        text = super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
         rid = getattr(record, "request_id", None)
         return f"{text} rid={rid}" if rid else text
 

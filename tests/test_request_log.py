@@ -249,6 +249,20 @@ def test_a_newline_in_the_path_cannot_forge_a_second_line(console):
     assert len(lines) == 1 and " GET /x\\n2026-01-01 " in lines[0]
 
 
+def test_in_the_plain_format_no_message_spans_two_lines_but_a_traceback_does(console):
+    # Whatever a logger is given (a header, a key, a path from a caller), one record is one line.
+    log = logging.getLogger("rolloutadmin.api")
+    log.warning("refused key %s", "abc\r\n2026-01-01 00:00:00,000 INFO rolloutadmin.request GET /admin/ 200")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = console.getvalue().splitlines()
+    assert "refused key abc\\r\\n2026-01-01" in lines[0]
+    assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)
+    assert lines[1].endswith("failed") and lines[2] == "Traceback (most recent call last):"
+
+
 @pytest.mark.django_db
 def test_health_probes_are_logged_at_debug_not_info(caplog):
     caplog.set_level(logging.INFO)
