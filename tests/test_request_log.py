@@ -106,11 +106,15 @@ def console() -> Iterator[io.StringIO]:
     """The console handler configured by settings.LOGGING, writing into a buffer for the test."""
     handler = next(h for h in logging.getLogger().handlers if h.name == "console")
     buffer = io.StringIO()
-    previous = handler.setStream(buffer)
+    # Not setStream(): it flushes the old stream, which may be a closed capture of an earlier test (Celery's
+    # Django fixup sets Django up again inside a test, and logging with it, bound to that test's stderr).
+    with handler.lock:
+        previous, handler.stream = handler.stream, buffer
     try:
         yield buffer
     finally:
-        handler.setStream(previous)
+        with handler.lock:
+            handler.stream = previous
 
 
 @pytest.fixture
