@@ -9,7 +9,7 @@ for as long as the TCP connection lives. Two bounds keep evaluations answering:
   once. A request that finds them all taken waits up to DB_SLOT_WAIT seconds, or not at all while a slot
   holder has been running for more than DB_SLOT_STUCK seconds (the database is slow: shedding at once is
   kinder than queueing), then answers 503 with Retry-After (rolloutadmin/outage.py's answer). The server's
-  other threads stay free for evaluations: gunicorn runs 8 threads per worker, 4 slots by default.
+  other threads stay free for evaluations: gunicorn runs 4 threads per worker, 2 slots by default.
 - **A client-side deadline.** PostgreSQL's statement_timeout is enforced by the server, so it cannot end a
   wait on a server that does not answer, and libpq has no timeout for a query. A watchdog thread shuts the
   socket of any query running past its limit (DB_QUERY_DEADLINE, by default DB_STATEMENT_TIMEOUT_MS +
