@@ -17,7 +17,7 @@ from django.conf import settings
 
 from .keys import hash_secret
 from .snapshot import KeyInfo, store
-from .throttle import client_address, record_failure
+from .throttle import client_address, key_rate, record_failure
 
 logger = logging.getLogger("rolloutadmin.api")
 
@@ -171,18 +171,23 @@ class AuthFailure(Exception):
 
 
 def authenticate(req: Req, scope: str) -> KeyInfo:
-    """The key named by `Authorization: Bearer <secret>`, from the snapshot (no query per request).
+    """The key named by `Authorization: Bearer <secret>` (or OFREP's `X-API-Key: <secret>`), from the
+    snapshot (no query per request).
 
     401 when the header is missing or the key is unknown or revoked, 403 when it lacks the scope, 429
     (with retry_after) when the client's address sent too many unknown keys (api.throttle: only failures
-    are counted, a valid key never waits). The secret never appears in a message or a log line; at most
+    are counted, a valid key never waits for someone else's), or when the key itself is over
+    API_KEY_RATE_LIMIT. The secret never appears in a message or a log line; at most
     the key's name does.
     """
     header = req.header("authorization")
     scheme, _, secret = header.partition(" ")
-    secret = secret.strip()
-    if not header or scheme.lower() != "bearer" or not secret:
-        raise AuthFailure(401, "missing API key: send the header 'Authorization: Bearer <secret>'")
+    secret = secret.strip() if scheme.lower() == "bearer" else ""
+    if not secret:  # OFREP's other way to send a key: the X-API-Key header
+        secret = req.header("x-api-key").strip()
+    if not secret:
+        raise AuthFailure(401, "missing API key: send the header 'Authorization: Bearer <secret>' "
+                               "(or 'X-API-Key: <secret>')")
     digest = hash_secret(secret)
     snapshot = store.get()
     key = snapshot.keys.get(digest)
@@ -200,5 +205,9 @@ def authenticate(req: Req, scope: str) -> KeyInfo:
     if scope not in key.scopes:
         logger.warning("api auth failed: key %r lacks scope %r (path %s)", key.name, scope, req.path)
         raise AuthFailure(403, f"API key {key.name!r} lacks the {scope!r} scope")
+    wait = key_rate.take(key.id)
+    if wait is not None:
+        raise AuthFailure(429, f"API key {key.name!r} is over its rate limit of "
+                               f"{settings.API_KEY_RATE_LIMIT:g} requests a second; retry in {wait} seconds", wait)
     store.touch_key(key.id)
     return key

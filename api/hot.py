@@ -15,7 +15,7 @@ from flags.models import USER_ID_MAX_LENGTH
 from rolloutadmin import metrics
 from rolloutadmin.outage import RETRY_AFTER_SECONDS
 
-from .core import AuthFailure, BadJson, Req, Resp, authenticate, dumps, max_body_bytes, parse_json
+from .core import AuthFailure, BadJson, Req, Resp, authenticate, max_body_bytes, parse_json
 from .snapshot import ConfigUnavailable, Snapshot, store
 
 logger = logging.getLogger("rolloutadmin.api")
@@ -75,12 +75,11 @@ def _targeting_key(context: dict[str, Any]) -> tuple[str | None, str | None, str
     return value, None, None
 
 
-def _ofrep_item(flag: FlagConfig, decision: Decision, snapshot: Snapshot) -> dict[str, Any]:
+def _ofrep_item(flag: FlagConfig, decision: Decision) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "reason": decision.reason.value,
         "rolloutPercentage": flag.rollout_basis_points / 100,
-        "version": flag.version,
-        "configVersion": snapshot.stamp,
+        "version": flag.version,  # this flag's own: a change elsewhere leaves this item as it was
         "stale": store.stale,
     }
     if decision.bucket is not None:
@@ -114,6 +113,8 @@ def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot]
     except AuthFailure as exc:
         resp = _ofrep_error(exc.status, key, "GENERAL", exc.message)
         resp.headers.extend(exc.headers)  # 429: Retry-After
+        if exc.status == 401:
+            resp.headers.append(("WWW-Authenticate", 'Bearer realm="rolloutadmin"'))
         return resp
     except ConfigUnavailable:  # 503 + Retry-After, like every API path in an outage (rolloutadmin/outage.py)
         resp = _ofrep_error(503, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
@@ -135,13 +136,14 @@ def ofrep_single(req: Req, key: str) -> Resp:
         metrics.evaluation(key, decision[0])
         return _ofrep_error(400, key, decision[0], decision[1])
     metrics.evaluation(key, decision.reason.value)
-    return Resp.json(200, _ofrep_item(flag, decision, snapshot))
+    return Resp.json(200, _ofrep_item(flag, decision))
 
 
-def _etag(snapshot: Snapshot, context: dict[str, Any]) -> str:
-    digest = hashlib.sha256(dumps([snapshot.stamp, sorted(context.items(), key=lambda kv: kv[0])])).hexdigest()
-    return f'W/"{snapshot.stamp}-{digest[:20]}"'
-
+def _etag(body: bytes) -> str:
+    """Of what the response holds, nothing else: a change to another flag's config, an API key or anything
+    else in the snapshot leaves it as it was, and a poller gets 304 (the web provider's flagsChanged then
+    lists exactly the flags whose items changed)."""
+    return f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 def _matches(if_none_match: str, etag: str) -> bool:
     if not if_none_match:
@@ -156,12 +158,6 @@ def ofrep_bulk(req: Req) -> Resp:
     if isinstance(prelude, Resp):
         return prelude
     context, snapshot = prelude
-    try:
-        etag = _etag(snapshot, context)
-    except TypeError:
-        return _ofrep_error(400, None, "INVALID_CONTEXT", "context values must be JSON scalars, lists or objects")
-    if _matches(req.header("if-none-match"), etag):
-        return Resp(304, b"", [("ETag", etag)])
     items = []
     for key in sorted(snapshot.flags):
         flag = snapshot.flags[key]
@@ -171,8 +167,13 @@ def ofrep_bulk(req: Req) -> Resp:
             items.append({"key": key, "errorCode": decision[0], "errorDetails": decision[1]})
         else:
             metrics.evaluation(key, decision.reason.value)
-            items.append(_ofrep_item(flag, decision, snapshot))
-    return Resp.json(200, {"flags": items}, [("ETag", etag)])
+            items.append(_ofrep_item(flag, decision))
+    resp = Resp.json(200, {"flags": items})
+    etag = _etag(resp.body)
+    if _matches(req.header("if-none-match"), etag):
+        return Resp(304, b"", [("ETag", etag)])
+    resp.headers.append(("ETag", etag))
+    return resp
 
 
 # --- internal JSON API ----------------------------------------------------------------------------------

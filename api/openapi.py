@@ -83,8 +83,8 @@ def schema() -> dict[str, Any]:
             "key": {"type": "string"}, "value": {"type": "boolean"},
             "reason": {"enum": ["STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN"]},
             "variant": {"enum": ["on", "off"]},
-            "metadata": {"type": "object", "description": "reason (ours), bucket, rolloutPercentage, version, "
-                                                          "configVersion, stale"},
+            "metadata": {"type": "object", "description": "reason (ours), bucket, rolloutPercentage, version "
+                                                          "(the flag's), stale"},
         },
     }
     return {

@@ -12,7 +12,9 @@ Handler = Callable[..., Resp]
 
 _ROUTES: list[tuple[re.Pattern[str], str, Handler, bool]] = [
     # pattern, method, handler, OFREP error format
-    (re.compile(r"^/ofrep/v1/evaluate/flags/(?P<key>[^/]+)/?$"), "POST", hot.ofrep_single, True),
+    # Any key, "/" included (a client's "no%2Fsuch" arrives decoded): an unknown one is OFREP's
+    # FLAG_NOT_FOUND, never a page of Django's.
+    (re.compile(r"^/ofrep/v1/evaluate/flags/(?P<key>[^/].*?)/?$", re.S), "POST", hot.ofrep_single, True),
     (re.compile(r"^/ofrep/v1/evaluate/flags/?$"), "POST", hot.ofrep_bulk, True),
     (re.compile(r"^/api/v1/flags/(?P<key>[^/]+)/evaluate/?$"), "GET", hot.evaluate_one, False),
     (re.compile(r"^/api/v1/evaluate/?$"), "POST", hot.evaluate_many, False),
@@ -25,7 +27,8 @@ def normalise(path: str) -> str:
 
 
 def match(method: str, path: str) -> tuple[Handler, dict[str, str]] | Resp | None:
-    """The handler and its arguments; a 405 response for a known path with the wrong method; or None."""
+    """The handler and its arguments; a 405 response for a known path with the wrong method; an OFREP 404
+    for any other path under /ofrep/; or None (not an evaluation path)."""
     path = normalise(path)
     for pattern, allowed, handler, ofrep in _ROUTES:
         found = pattern.match(path)
@@ -41,6 +44,8 @@ def match(method: str, path: str) -> tuple[Handler, dict[str, str]] | Resp | Non
             resp = hot.api_error(405, "method_not_allowed", message)
         resp.headers.append(("Allow", allowed))
         return resp
+    if path.startswith("/ofrep/"):
+        return Resp.json(404, {"errorCode": "GENERAL", "errorDetails": f"no OFREP endpoint at {path[:200]}"})
     return None
 
 

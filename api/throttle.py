@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -116,3 +117,45 @@ def record_failure(client: str, digest: str) -> int | None:
 def reset(client: str) -> None:
     """Forget a client's failures and lift its block (tests; an operator unblocking an address)."""
     cache.delete_many([_COUNT_KEY.format(client), _BLOCK_KEY.format(client)])
+
+
+# --- per-key rate limit ----------------------------------------------------------------------------------
+
+
+class KeyRateLimit:
+    """A token bucket per API key, in this process: API_KEY_RATE_LIMIT requests a second (0: no limit), with
+    bursts of up to API_KEY_RATE_BURST (default: two seconds' worth). Over it, the caller gets 429 with
+    the whole seconds until its next token in Retry-After (OFREP providers pause that long).
+
+    Per process, on purpose: a count shared through Redis would cost a round trip on every evaluation,
+    more than the evaluation itself. A node with W web processes therefore lets a key through at up to
+    W times the rate (the kernel spreads a client's connections over the processes); set the rate as the
+    node's limit divided by GUNICORN_WORKERS (deploy/README.md).
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, monotonic time)
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+    def take(self, key_id: int, now: float | None = None) -> int | None:
+        """None if the request may go, else the integer seconds to wait."""
+        rate = float(getattr(settings, "API_KEY_RATE_LIMIT", 0) or 0)
+        if rate <= 0:
+            return None
+        burst = float(getattr(settings, "API_KEY_RATE_BURST", 0) or 0) or max(1.0, 2 * rate)
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return None
+            self._buckets[key_id] = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / rate))
+
+
+key_rate = KeyRateLimit()

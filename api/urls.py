@@ -3,8 +3,8 @@ from django.urls import path, re_path
 from . import views
 
 urlpatterns = [
-    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/(?P<key>[^/]+)/?$", views.hot_view),
-    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/?$", views.hot_view),
+    # Everything under ofrep/: api/routing.py answers it (the evaluation, or OFREP's JSON 404 and 405).
+    re_path(r"^(?:/)?ofrep/", views.hot_view),
     path("api/v1/evaluate", views.hot_view),
     path("api/v1/flags/<str:key>/evaluate", views.hot_view),
     path("api/v1/openapi.json", views.openapi_view, name="api-openapi"),

@@ -309,6 +309,10 @@ API_AUTH_FAILURE_LIMIT = int(os.environ.get("API_AUTH_FAILURE_LIMIT", "20"))
 API_AUTH_FAILURE_WINDOW = int(os.environ.get("API_AUTH_FAILURE_WINDOW", "60"))
 API_AUTH_BLOCK_SECONDS = int(os.environ.get("API_AUTH_BLOCK_SECONDS", "60"))
 TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+# Requests a second per API key in each web process (0: no limit), in bursts of up to API_KEY_RATE_BURST
+# (0: two seconds' worth); over it 429 with Retry-After (api/throttle.py: why per process).
+API_KEY_RATE_LIMIT = float(os.environ.get("API_KEY_RATE_LIMIT", "0"))
+API_KEY_RATE_BURST = float(os.environ.get("API_KEY_RATE_BURST", "0"))
 
 # Uploads of allow/deny lists: 100,000 ids of up to 255 characters fit comfortably.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024

@@ -186,7 +186,7 @@ def test_a_worker_starting_in_an_outage_answers_from_the_kept_copy_marked_stale(
                          HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert answer.status_code == 200, answer.content
     assert answer.json()["metadata"]["stale"] is True
-    assert answer.json()["metadata"]["configVersion"] == loaded.stamp
+    assert answer.json()["metadata"]["version"] == loaded.flags[FLAG].version
 
 
 # --- database slots -------------------------------------------------------------------------------------

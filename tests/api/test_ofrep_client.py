@@ -129,3 +129,18 @@ def test_the_seeds_handle_tool_call_falls_back_to_single_mode_when_off(live, act
     set_flag(actor, enabled=True, rollout_percentage=20)
     assert handle_tool_call(client, "apply_patches", "user_1") == "patch"
     assert handle_tool_call(client, "apply_patches", "user_0") == "single"
+
+
+def test_the_python_provider_honours_retry_after_when_its_key_is_over_the_rate_limit(servers, flag, actor, make_key):
+    set_flag(actor, enabled=True, rollout_percentage=100)
+    token = make_key("limited", "evaluate")
+    server = servers(API_KEY_RATE_LIMIT="0.2", GUNICORN_WORKERS="1")  # one request per 5 s, bursts of 1
+    client = client_for(server.url, token)
+    context = EvaluationContext(targeting_key="user_1")
+    answers = [client.get_boolean_details("patch_mode_enabled", False, context) for _ in range(4)]
+    assert (answers[0].value, answers[0].error_code) == (True, None)
+    for answer in answers[1:]:  # the default, with an error, and no flood of requests
+        assert answer.value is False and answer.error_code is not None
+    asked = server.log.read_text().count("POST /ofrep/v1/evaluate/flags/patch_mode_enabled")
+    assert asked == 2  # the first, and the one answered 429; the provider waited out Retry-After after that
+    assert "429" in server.log.read_text()

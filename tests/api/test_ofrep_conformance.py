@@ -1,0 +1,202 @@
+"""OFREP conformance (issue 10): OFREP JSON on every /ofrep/ path, WWW-Authenticate, X-API-Key, a per-key
+rate limit with Retry-After, and per-flag change detection (the bulk ETag and items depend only on what
+the response holds). Each check runs through Django's views and through the lean WSGI path that servers
+use (rolloutadmin.wsgi.application), which must answer the same."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+
+from api.throttle import KeyRateLimit, key_rate
+from flags import services
+from flags.models import Source
+
+FLAG = "patch_mode_enabled"
+BULK = "/ofrep/v1/evaluate/flags"
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):  # type: ignore[no-untyped-def]
+        return json.loads(self.body)
+
+
+def via_django(client, method: str, path: str, body: dict | None, headers: dict[str, str]) -> Answer:
+    extra = {"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()}
+    response = client.generic(method, path, json.dumps(body) if body is not None else "",
+                              content_type="application/json", **extra)
+    return Answer(response.status_code, {k.lower(): v for k, v in response.items()}, response.content)
+
+
+def via_wsgi(client, method: str, path: str, body: dict | None, headers: dict[str, str]) -> Answer:
+    from rolloutadmin.wsgi import application
+
+    data = json.dumps(body).encode() if body is not None else b""
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data), "REMOTE_ADDR": "127.0.0.1",
+               "SERVER_NAME": "testserver", "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.url_scheme": "http"}
+    for name, value in headers.items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    answer: dict = {}
+
+    def start_response(status, response_headers, exc_info=None):  # type: ignore[no-untyped-def]
+        answer.update(status=int(status.split()[0]), headers={k.lower(): v for k, v in response_headers})
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        result = application(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            result.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return Answer(answer["status"], answer["headers"], content)
+
+
+@pytest.fixture(params=[via_django, via_wsgi], ids=["django", "lean"])
+def call(request, client):
+    def make(method: str, path: str, body: dict | None = None, **headers: str) -> Answer:
+        return request.param(client, method, path, body, headers)
+
+    return make
+
+
+@pytest.fixture
+def secret(make_key, flag) -> str:
+    return make_key("svc", "evaluate")
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    key_rate.reset()
+    yield
+    key_rate.reset()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+CONTEXT = {"context": {"targetingKey": "user_1"}}
+
+
+# --- every /ofrep/ path answers OFREP JSON ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["no/such", "a/b/c", "no such", "x" * 300, "ünïcödé"])
+def test_an_unknown_key_of_any_shape_is_flag_not_found_in_ofrep_json(call, secret, key):
+    answer = call("POST", f"/ofrep/v1/evaluate/flags/{key}", CONTEXT, **bearer(secret))
+    assert answer.status == 404 and answer.headers["content-type"].startswith("application/json")
+    assert answer.json() == {"key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": f"flag {key!r} does not exist"}
+
+
+@pytest.mark.parametrize("path", ["/ofrep/v1/unknown", "/ofrep/", "/ofrep/v2/evaluate/flags/x"])
+def test_any_other_ofrep_path_is_an_ofrep_json_404(call, secret, path):
+    answer = call("POST", path, CONTEXT, **bearer(secret))
+    assert answer.status == 404 and answer.json()["errorCode"] == "GENERAL"
+    assert "no OFREP endpoint" in answer.json()["errorDetails"]
+
+
+def test_the_wrong_method_on_an_ofrep_path_is_an_ofrep_json_405(call, secret):
+    answer = call("GET", f"/ofrep/v1/evaluate/flags/{FLAG}", None, **bearer(secret))
+    assert answer.status == 405 and answer.headers["allow"] == "POST" and answer.json()["errorCode"] == "GENERAL"
+
+
+# --- authentication -------------------------------------------------------------------------------------
+
+
+def test_an_ofrep_401_names_the_scheme_in_www_authenticate(call, flag):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+        answer = call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT, **headers)
+        assert answer.status == 401 and answer.headers["www-authenticate"].startswith("Bearer")
+        assert answer.json()["errorCode"] == "GENERAL"
+
+
+def test_x_api_key_works_like_the_bearer_header_everywhere(call, secret, make_key):
+    manage = make_key("ops", "manage")  # before the first request loads the snapshot
+    single = call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT, **{"X-API-Key": secret})
+    assert single.status == 200 and single.json()["key"] == FLAG
+    assert call("POST", BULK, CONTEXT, **{"X-API-Key": secret}).status == 200
+    internal = call("POST", "/api/v1/evaluate", {"user_ids": ["u1"]}, **{"X-API-Key": secret})
+    assert internal.status == 200 and internal.json()["results"][0]["flag"] == FLAG
+    assert call("GET", "/api/v1/flags", None, **{"X-API-Key": manage}).status == 200
+    assert call("GET", "/api/v1/flags", None, **{"X-API-Key": secret}).status == 403  # lacks the scope
+
+
+def test_a_bearer_header_wins_over_x_api_key(call, secret):
+    answer = call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT,
+                  **{"Authorization": "Bearer wrong", "X-API-Key": secret})
+    assert answer.status == 401
+
+
+# --- the per-key rate limit -----------------------------------------------------------------------------
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not(call, settings, secret, make_key):
+    settings.API_KEY_RATE_LIMIT = 0.5  # one request every 2 s, bursts of 1
+    other = make_key("other", "evaluate")
+    first = call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT, **bearer(secret))
+    second = call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT, **bearer(secret))
+    assert first.status == 200
+    assert second.status == 429 and second.json()["errorCode"] == "GENERAL"
+    assert second.headers["retry-after"] == "2" and "rate limit" in second.json()["errorDetails"]
+    assert call("POST", f"/ofrep/v1/evaluate/flags/{FLAG}", CONTEXT, **bearer(other)).status == 200
+    internal = call("POST", "/api/v1/evaluate", {"user_ids": ["u1"]}, **bearer(secret))
+    assert internal.status == 429 and internal.json()["error"] == "too_many_requests"
+
+
+def test_the_bucket_refills_at_the_rate_and_holds_its_burst(settings):
+    settings.API_KEY_RATE_LIMIT = 10
+    settings.API_KEY_RATE_BURST = 3
+    bucket = KeyRateLimit()
+    assert [bucket.take(1, now=100.0) for _ in range(4)] == [None, None, None, 1]
+    assert bucket.take(1, now=100.05) == 1  # half a token
+    assert bucket.take(1, now=100.15) is None  # a token refilled after 0.1 s
+    assert [bucket.take(1, now=200.0) for _ in range(4)] == [None, None, None, 1]  # never more than the burst
+    assert bucket.take(2, now=200.0) is None  # per key
+    settings.API_KEY_RATE_LIMIT = 0
+    assert all(bucket.take(1, now=200.0) is None for _ in range(100))  # 0: no limit
+
+
+# --- per-flag change detection --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_flags(flag, make_flag, actor) -> list[str]:
+    make_flag("dark_mode")
+    services.flag_set_rollout(flag="dark_mode", percentage=100, enabled=True, actor=actor, source=Source.CLI)
+    return [FLAG, "dark_mode"]
+
+
+def test_a_change_outside_the_response_keeps_the_etag_and_answers_304(call, secret, two_flags, make_key,
+                                                                      django_capture_on_commit_callbacks):
+    first = call("POST", BULK, CONTEXT, **bearer(secret))
+    assert first.status == 200 and first.headers["etag"].startswith('W/"')
+    with django_capture_on_commit_callbacks(execute=True):
+        make_key("another-service", "evaluate")  # moves the server-wide config stamp
+    again = call("POST", BULK, CONTEXT, **{**bearer(secret), "If-None-Match": first.headers["etag"]})
+    assert again.status == 304 and again.body == b"" and again.headers["etag"] == first.headers["etag"]
+
+
+def test_a_change_to_one_flag_changes_only_that_flags_item(call, secret, two_flags, actor,
+                                                           django_capture_on_commit_callbacks):
+    before = call("POST", BULK, CONTEXT, **bearer(secret))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.flag_set_rollout(flag=FLAG, percentage=50, enabled=True, actor=actor, source=Source.CLI)
+    after = call("POST", BULK, CONTEXT, **{**bearer(secret), "If-None-Match": before.headers["etag"]})
+    assert after.status == 200 and after.headers["etag"] != before.headers["etag"]
+    old = {item["key"]: item for item in before.json()["flags"]}
+    new = {item["key"]: item for item in after.json()["flags"]}
+    changed = sorted(key for key in new if new[key] != old[key])
+    assert changed == [FLAG]  # what the web provider reports in flagsChanged
+    assert "configVersion" not in new[FLAG]["metadata"]
