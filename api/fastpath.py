@@ -17,6 +17,7 @@ from django.conf import settings
 
 from rolloutadmin import health, metrics, outage
 
+from . import cors
 from .core import Req, Resp, body_from_environ, max_body_bytes
 from .routing import dispatch
 
@@ -109,6 +110,11 @@ class FastPath:
                     return refused(environ, start_response)
             return self.django_app(environ, start_response)
         started = perf_counter()
+        origin = environ.get("HTTP_ORIGIN", "")
+        if origin or environ.get("REQUEST_METHOD") == "OPTIONS":
+            cross = self.cross_origin(environ, start_response, path, origin)
+            if cross is not None:
+                return cross
         try:
             req = request_from_environ(environ)
             resp = dispatch(req)
@@ -124,9 +130,20 @@ class FastPath:
         if resp is None:
             return self.django_app(environ, start_response)
         metrics.evaluation_seconds("ofrep" if "ofrep/" in path else "json", perf_counter() - started)
+        resp.headers.extend(cors.headers(environ.get("REQUEST_METHOD", "GET"), path, origin))
         body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else resp.body
         start_response(_reason(resp.status), [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [body]
+
+    @staticmethod
+    def cross_origin(environ, start_response, path: str, origin: str):  # type: ignore[no-untyped-def]
+        """A CORS preflight for an evaluation path, answered as django-cors-headers answers it (200, empty,
+        the CORS headers when the origin is allowed); None for anything else."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method != "OPTIONS" or "HTTP_ACCESS_CONTROL_REQUEST_METHOD" not in environ or not cors.enabled(path):
+            return None
+        start_response(_reason(200), [*cors.headers(method, path, origin), ("Content-Length", "0")])
+        return [b""]
 
     @staticmethod
     def health(environ, start_response, name: str):  # type: ignore[no-untyped-def]

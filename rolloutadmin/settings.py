@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "corsheaders",
     "flags",
     "monitoring",
     "alerts",
@@ -84,6 +85,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, as django-cors-headers asks: preflights are answered before anything else (api/cors.py).
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before the session: a database outage anywhere after it is a 503 with Retry-After, never a 500
@@ -311,6 +314,16 @@ API_AUTH_BLOCK_SECONDS = int(os.environ.get("API_AUTH_BLOCK_SECONDS", "60"))
 TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
 # Requests a second per API key in each web process (0: no limit), in bursts of up to API_KEY_RATE_BURST
 # (0: two seconds' worth); over it 429 with Retry-After (api/throttle.py: why per process).
+# CORS: browser apps on these origins (comma-separated `scheme://host[:port]`; empty: none) may call the
+# evaluation endpoints, and only those (django-cors-headers for Django's views, api/cors.py for the lean
+# path, from these same settings). No cookies: the endpoints take an API key header.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/(?:/?ofrep/|api/v1/evaluate/?$|api/v1/flags/[^/]+/evaluate/?$)"
+CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "if-none-match", "x-api-key", "x-request-id")
+CORS_EXPOSE_HEADERS = ("ETag", "Retry-After", "X-Request-ID")
+CORS_PREFLIGHT_MAX_AGE = int(os.environ.get("CORS_PREFLIGHT_MAX_AGE", "3600"))
+CORS_ALLOW_CREDENTIALS = False
 API_KEY_RATE_LIMIT = float(os.environ.get("API_KEY_RATE_LIMIT", "0"))
 API_KEY_RATE_BURST = float(os.environ.get("API_KEY_RATE_BURST", "0"))
 

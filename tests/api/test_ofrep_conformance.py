@@ -200,3 +200,75 @@ def test_a_change_to_one_flag_changes_only_that_flags_item(call, secret, two_fla
     changed = sorted(key for key in new if new[key] != old[key])
     assert changed == [FLAG]  # what the web provider reports in flagsChanged
     assert "configVersion" not in new[FLAG]["metadata"]
+
+
+# --- CORS -----------------------------------------------------------------------------------------------
+
+APP = "https://app.example.com"
+
+
+@pytest.fixture
+def cors(settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP, "http://localhost:5173"]
+
+
+def preflight(call, path: str, origin: str = APP, method: str = "POST") -> Answer:
+    return call("OPTIONS", path, None, Origin=origin, **{"Access-Control-Request-Method": method,
+                                                         "Access-Control-Request-Headers": "authorization,content-type"})
+
+
+@pytest.mark.parametrize("path", [BULK, f"{BULK}/{FLAG}", "/api/v1/evaluate", f"/api/v1/flags/{FLAG}/evaluate"])
+def test_a_preflight_from_an_allowed_origin_is_answered_for_the_evaluation_paths(call, cors, path):
+    answer = preflight(call, path)
+    assert answer.status == 200 and answer.body == b""
+    assert answer.headers["access-control-allow-origin"] == APP
+    allowed = {h.strip().lower() for h in answer.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "if-none-match", "x-api-key"} <= allowed
+    assert {"GET", "POST"} <= {m.strip() for m in answer.headers["access-control-allow-methods"].split(",")}
+    assert int(answer.headers["access-control-max-age"]) > 0
+    assert "access-control-allow-credentials" not in answer.headers
+    assert "origin" in answer.headers["vary"].lower()
+
+
+def test_a_cross_origin_evaluation_exposes_the_etag_to_the_browser(call, cors, secret):
+    answer = call("POST", BULK, CONTEXT, Origin=APP, **bearer(secret))
+    assert answer.status == 200 and answer.headers["access-control-allow-origin"] == APP
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"etag", "retry-after"} <= exposed
+    refused = call("POST", f"{BULK}/{FLAG}", CONTEXT, Origin=APP, **{"Authorization": "Bearer wrong"})
+    assert refused.status == 401 and refused.headers["access-control-allow-origin"] == APP  # the app can read why
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "http://app.example.com", "https://app.example.com:8443",
+                                    "null", "not a url"])
+def test_other_origins_get_no_cors_headers(call, cors, secret, origin):
+    assert "access-control-allow-origin" not in preflight(call, BULK, origin).headers
+    answer = call("POST", BULK, CONTEXT, Origin=origin, **bearer(secret))
+    assert answer.status == 200 and "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize("path", ["/api/v1/flags", f"/api/v1/flags/{FLAG}", "/api/v1/audit", "/api/v1/executions",
+                                  "/", "/login/", "/metrics"])
+def test_the_management_api_and_the_dashboard_never_answer_cross_origin(call, cors, path, make_key):
+    manage = make_key("ops", "manage,ingest")
+    assert "access-control-allow-origin" not in preflight(call, path, method="GET").headers
+    answer = call("GET", path, None, Origin=APP, **bearer(manage))
+    assert "access-control-allow-origin" not in answer.headers
+
+
+def test_without_allowed_origins_nobody_gets_cors_headers(call, secret):
+    assert "access-control-allow-origin" not in preflight(call, BULK).headers
+    assert "access-control-allow-origin" not in call("POST", BULK, CONTEXT, Origin=APP, **bearer(secret)).headers
+
+
+def test_a_malformed_allowed_origin_is_a_clear_error_at_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEBUG": "1", "CORS_ALLOWED_ORIGINS": "app.example.com/path",
+           "ROLLOUTADMIN_VAR_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True, env=env,
+                            cwd=__import__("pathlib").Path(__file__).resolve().parents[2], timeout=60)
+    assert result.returncode != 0 and "CORS_ALLOWED_ORIGINS" in result.stderr + result.stdout
