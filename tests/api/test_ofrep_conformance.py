@@ -213,8 +213,8 @@ def cors(settings):
 
 
 def preflight(call, path: str, origin: str = APP, method: str = "POST") -> Answer:
-    return call("OPTIONS", path, None, Origin=origin, **{"Access-Control-Request-Method": method,
-                                                         "Access-Control-Request-Headers": "authorization,content-type"})
+    asked = {"Access-Control-Request-Method": method, "Access-Control-Request-Headers": "authorization,content-type"}
+    return call("OPTIONS", path, None, Origin=origin, **asked)
 
 
 @pytest.mark.parametrize("path", [BULK, f"{BULK}/{FLAG}", "/api/v1/evaluate", f"/api/v1/flags/{FLAG}/evaluate"])
