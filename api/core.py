@@ -170,7 +170,7 @@ class AuthFailure(Exception):
         return [("Retry-After", str(self.retry_after))] if self.retry_after is not None else []
 
 
-def authenticate(req: Req, scope: str) -> KeyInfo:
+def authenticate(req: Req, scope: str | tuple[str, ...]) -> KeyInfo:
     """The key named by `Authorization: Bearer <secret>` (or OFREP's `X-API-Key: <secret>`), from the
     snapshot (no query per request).
 
@@ -202,9 +202,10 @@ def authenticate(req: Req, scope: str) -> KeyInfo:
                                    "seconds", retry_after)
         logger.warning("api auth failed: unknown or revoked key from %s (path %s)", client, req.path)
         raise AuthFailure(401, "unknown or revoked API key")
-    if scope not in key.scopes:
-        logger.warning("api auth failed: key %r lacks scope %r (path %s)", key.name, scope, req.path)
-        raise AuthFailure(403, f"API key {key.name!r} lacks the {scope!r} scope")
+    wanted = (scope,) if isinstance(scope, str) else scope  # any one of them will do
+    if key.scopes.isdisjoint(wanted):
+        logger.warning("api auth failed: key %r lacks scope %r (path %s)", key.name, wanted[0], req.path)
+        raise AuthFailure(403, f"API key {key.name!r} lacks the {wanted[0]!r} scope")
     wait = key_rate.take(key.id)
     if wait is not None:
         raise AuthFailure(429, f"API key {key.name!r} is over its rate limit of "

@@ -75,7 +75,12 @@ def _targeting_key(context: dict[str, Any]) -> tuple[str | None, str | None, str
     return value, None, None
 
 
-def _ofrep_item(flag: FlagConfig, decision: Decision) -> dict[str, Any]:
+def _ofrep_item(flag: FlagConfig, decision: Decision, public: bool = False) -> dict[str, Any]:
+    """One OFREP answer. `public` (a client key's): the value, variant and OFREP reason only, none of our
+    metadata (bucket, rollout percentage, version, our reason), which a page's visitors could read."""
+    if public:
+        return {"key": flag.key, "value": decision.enabled, "reason": OFREP_REASON[decision.reason],
+                "variant": "on" if decision.enabled else "off"}
     metadata: dict[str, Any] = {
         "reason": decision.reason.value,
         "rolloutPercentage": flag.rollout_basis_points / 100,
@@ -102,14 +107,15 @@ def _decide(flag: FlagConfig, context: dict[str, Any]) -> Decision | tuple[str, 
     return evaluate(flag, user_id)
 
 
-def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot] | Resp:
-    """Authenticate, read the context and the snapshot, or answer with the OFREP error."""
+def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot, bool] | Resp:
+    """Authenticate, read the context and the snapshot, or answer with the OFREP error. The bool: the key
+    is a client key (scope `client` without `evaluate`), which sees client-side flags only."""
     try:
-        authenticate(req, "evaluate")
+        api_key = authenticate(req, ("evaluate", "client"))
         context = _ofrep_context(req, key)
         if isinstance(context, Resp):
             return context
-        return context, store.get()
+        return context, store.get(), "evaluate" not in api_key.scopes
     except AuthFailure as exc:
         resp = _ofrep_error(exc.status, key, "GENERAL", exc.message)
         resp.headers.extend(exc.headers)  # 429: Retry-After
@@ -126,9 +132,9 @@ def ofrep_single(req: Req, key: str) -> Resp:
     prelude = _ofrep_prelude(req, key)
     if isinstance(prelude, Resp):
         return prelude
-    context, snapshot = prelude
+    context, snapshot, public = prelude
     flag = snapshot.flags.get(key)
-    if flag is None:
+    if flag is None or (public and not flag.client_side):  # a client key cannot tell the two apart
         metrics.evaluation(metrics.UNKNOWN_FLAG, "FLAG_NOT_FOUND")
         return _ofrep_error(404, key, "FLAG_NOT_FOUND", f"flag {key!r} does not exist")
     decision = _decide(flag, context)
@@ -136,7 +142,7 @@ def ofrep_single(req: Req, key: str) -> Resp:
         metrics.evaluation(key, decision[0])
         return _ofrep_error(400, key, decision[0], decision[1])
     metrics.evaluation(key, decision.reason.value)
-    return Resp.json(200, _ofrep_item(flag, decision))
+    return Resp.json(200, _ofrep_item(flag, decision, public))
 
 
 def _etag(body: bytes) -> str:
@@ -157,17 +163,19 @@ def ofrep_bulk(req: Req) -> Resp:
     prelude = _ofrep_prelude(req, None)
     if isinstance(prelude, Resp):
         return prelude
-    context, snapshot = prelude
+    context, snapshot, public = prelude
     items = []
     for key in sorted(snapshot.flags):
         flag = snapshot.flags[key]
+        if public and not flag.client_side:
+            continue
         decision = _decide(flag, context)
         if not isinstance(decision, Decision):
             metrics.evaluation(key, decision[0])
             items.append({"key": key, "errorCode": decision[0], "errorDetails": decision[1]})
         else:
             metrics.evaluation(key, decision.reason.value)
-            items.append(_ofrep_item(flag, decision))
+            items.append(_ofrep_item(flag, decision, public))
     resp = Resp.json(200, {"flags": items})
     etag = _etag(resp.body)
     if _matches(req.header("if-none-match"), etag):

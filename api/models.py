@@ -7,6 +7,8 @@ class Scope(models.TextChoices):
     EVALUATE = "evaluate", "evaluate flags"
     INGEST = "ingest", "ingest execution records"
     MANAGE = "manage", "change flags and lists, read the audit log"
+    # Safe to ship in a web page: OFREP evaluation of client-side flags only, answers without metadata.
+    CLIENT = "client", "evaluate client-side flags from a browser (public)"
 
 
 class ApiKey(models.Model):

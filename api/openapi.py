@@ -66,6 +66,7 @@ def schema() -> dict[str, Any]:
             "enabled": {"type": "boolean"}, "rollout_percentage": {"type": "number", "minimum": 0, "maximum": 100},
             "bucketing": {"enum": ["murmur3", "legacy"]}, "salt": {"type": "string"},
             "treatment_mode": {"type": "string"}, "baseline_mode": {"type": "string"},
+            "client_side": {"type": "boolean", "description": "evaluable with a client key (scope client)"},
             "version": {"type": "integer"}, "allow_count": {"type": "integer"}, "deny_count": {"type": "integer"},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
@@ -120,14 +121,16 @@ def schema() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/ofrep/v1/evaluate/flags/{key}": {"post": {
-                "summary": "OFREP: evaluate one flag (scope evaluate)",
+                "summary": "OFREP: evaluate one flag (scope evaluate; a client key: client-side flags only, "
+                           "no metadata)",
                 "parameters": [KEY_PARAM],
                 "requestBody": {"content": {"application/json": {"schema": ofrep_context}}},
                 "responses": {"200": _json(_ref("OfrepSuccess"), "The decision."),
                               "404": _json(_ref("OfrepError"), "FLAG_NOT_FOUND"), **OFREP_ERRORS},
             }},
             "/ofrep/v1/evaluate/flags": {"post": {
-                "summary": "OFREP: evaluate every flag (scope evaluate); ETag and If-None-Match give 304",
+                "summary": "OFREP: evaluate every flag (scope evaluate; a client key: client-side flags only); "
+                           "ETag and If-None-Match give 304",
                 "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
                 "requestBody": {"content": {"application/json": {"schema": ofrep_context}}},
                 "responses": {"200": _json({"type": "object", "properties": {"flags": {"type": "array"}}},
@@ -166,12 +169,13 @@ def schema() -> dict[str, Any]:
                         "responses": {"200": _json(_ref("Flag"), "The flag."),
                                       "404": _json(_ref("Error"), "Unknown flag."), **ERRORS}},
                 "patch": {
-                    "summary": "Change enabled and/or rollout_percentage (scope manage; audited, source api)",
+                    "summary": "Change enabled, rollout_percentage and/or client_side (scope manage; audited, "
+                               "source api)",
                     "parameters": [KEY_PARAM, {"name": "If-Match", "in": "header", "schema": {"type": "string"},
                                                "description": "the version the change is based on"}],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["reason"],
-                        "properties": {"enabled": {"type": "boolean"},
+                        "properties": {"enabled": {"type": "boolean"}, "client_side": {"type": "boolean"},
                                        "rollout_percentage": {"type": "number", "minimum": 0, "maximum": 100},
                                        "reason": {"type": "string", "minLength": 1},
                                        "expected_version": {"type": "integer"}}}}}},

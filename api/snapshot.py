@@ -82,7 +82,7 @@ def _copy_path() -> Path:
 def encode_copy(snap: Snapshot) -> bytes:
     flags = [{"key": f.key, "enabled": f.enabled, "rollout_basis_points": f.rollout_basis_points,
               "bucketing": f.bucketing, "salt": f.salt, "version": f.version, "allow": sorted(f.allow),
-              "deny": sorted(f.deny)} for f in snap.flags.values()]
+              "deny": sorted(f.deny), "client_side": f.client_side} for f in snap.flags.values()]
     keys = [{"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "secret_hash": k.secret_hash}
             for k in snap.keys.values()]
     body = {"format": COPY_FORMAT, "stamp": snap.stamp, "loaded_at": snap.loaded_at, "flags": flags, "keys": keys}
@@ -97,7 +97,7 @@ def decode_copy(data: bytes) -> Snapshot:
         f["key"]: FlagConfig(key=f["key"], enabled=bool(f["enabled"]),
                              rollout_basis_points=int(f["rollout_basis_points"]), bucketing=f["bucketing"],
                              salt=f["salt"], version=int(f["version"]), allow=frozenset(f["allow"]),
-                             deny=frozenset(f["deny"]))
+                             deny=frozenset(f["deny"]), client_side=bool(f.get("client_side", False)))
         for f in body["flags"]
     }
     keys = {k["secret_hash"]: KeyInfo(int(k["id"]), k["name"], frozenset(k["scopes"]), k["secret_hash"])

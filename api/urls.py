@@ -2,9 +2,11 @@ from django.urls import path, re_path
 
 from . import views
 
+OFREP_FALLBACK = "ofrep-fallback"
+
 urlpatterns = [
-    # Everything under ofrep/: api/routing.py answers it (the evaluation, or OFREP's JSON 404 and 405).
-    re_path(r"^(?:/)?ofrep/", views.hot_view),
+    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/(?P<key>[^/]+)/?$", views.hot_view),
+    re_path(r"^(?:/)?ofrep/v1/evaluate/flags/?$", views.hot_view),
     path("api/v1/evaluate", views.hot_view),
     path("api/v1/flags/<str:key>/evaluate", views.hot_view),
     path("api/v1/openapi.json", views.openapi_view, name="api-openapi"),
@@ -14,4 +16,7 @@ urlpatterns = [
     path("api/v1/audit", views.audit, name="api-audit"),
     path("api/v1/executions", views.executions, name="api-executions"),
     path("api/v1/flags/<str:key>/metrics", views.metrics, name="api-metrics"),
+    # Anything else under ofrep/ (a key with "/", an unknown path): api/routing.py answers it in OFREP's
+    # JSON (FLAG_NOT_FOUND, 404, 405), never a page of Django's. Not an operation of its own.
+    re_path(r"^(?:/)?ofrep/", views.hot_view, name=OFREP_FALLBACK),
 ]

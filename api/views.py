@@ -148,6 +148,7 @@ def _flag_json(flag: Flag) -> dict[str, Any]:
         "salt": flag.salt,
         "treatment_mode": flag.treatment_mode,
         "baseline_mode": flag.baseline_mode,
+        "client_side": flag.client_side,
         "version": flag.version,
         "allow_count": counts["allow"],
         "deny_count": counts["deny"],
@@ -173,14 +174,14 @@ def flag_detail(req: Req, actor: Actor, key: str) -> Resp:
     if req.method == "GET":
         flag = _get_flag(key)
         return Resp.json(200, _flag_json(flag), [("ETag", f'"{flag.version}"')])
-    data = _json_object(req, {"enabled", "rollout_percentage", "reason", "expected_version"})
+    data = _json_object(req, {"enabled", "rollout_percentage", "client_side", "reason", "expected_version"})
     fields: dict[str, list[str]] = {}
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         fields["reason"] = ["is required: say why, it goes into the audit log"]
-    changes = {name: data[name] for name in ("enabled", "rollout_percentage") if name in data}
+    changes = {name: data[name] for name in ("enabled", "rollout_percentage", "client_side") if name in data}
     if not changes:
-        fields["body"] = ["give enabled and/or rollout_percentage"]
+        fields["body"] = ["give enabled, rollout_percentage and/or client_side"]
     expected = _expected_version(req, data, fields)
     if fields:
         return validation_error(fields)

@@ -121,6 +121,7 @@ class FlagAdmin(admin.ModelAdmin):
             (None, {"fields": main}),
             ("Bucketing", {"fields": ["bucketing", "salt", "confirm_reshuffle"] if obj else ["bucketing", "salt"]}),
             ("Modes compared on the dashboard", {"fields": ["treatment_mode", "baseline_mode"]}),
+            ("Browsers", {"fields": ["client_side"]}),
             ("This change", {"fields": ["reason", "expected_version"]}),
         ]
         if obj is not None:
@@ -193,6 +194,7 @@ class FlagAdmin(admin.ModelAdmin):
                 salt=data.get("salt") or "",
                 treatment_mode=data.get("treatment_mode") or "patch",
                 baseline_mode=data.get("baseline_mode") or "single",
+                client_side=bool(data.get("client_side")),
                 actor=actor,
                 source=Source.ADMIN,
                 reason=reason,

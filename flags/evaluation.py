@@ -46,6 +46,7 @@ class FlagConfig:
     version: int = 1
     allow: frozenset[str] = field(default_factory=frozenset)
     deny: frozenset[str] = field(default_factory=frozenset)
+    client_side: bool = False  # evaluable with a client key (a browser's)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rollout_basis_points <= MURMUR3_BUCKETS:

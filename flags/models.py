@@ -73,6 +73,11 @@ class Flag(models.Model):
         blank=True,
         help_text="Defaults to the key. Changing it reshuffles which users are in the rollout.",
     )
+    client_side = models.BooleanField(
+        default=False,
+        help_text="Evaluable with a client key (scope 'client'), which a web page may hold: the flag's key and "
+        "each user's answer become visible to anyone who loads that page.",
+    )
     version = models.PositiveBigIntegerField(default=1, editable=False)
     treatment_mode = models.CharField(max_length=50, default="patch", validators=[MODE_VALIDATOR])
     baseline_mode = models.CharField(max_length=50, default="single", validators=[MODE_VALIDATOR])

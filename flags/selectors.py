@@ -64,6 +64,7 @@ def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str]) -> evalu
         version=flag.version,
         allow=allow,
         deny=deny,
+        client_side=flag.client_side,
     )
 
 

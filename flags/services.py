@@ -44,6 +44,7 @@ EDITABLE_FIELDS = (
     "salt",
     "treatment_mode",
     "baseline_mode",
+    "client_side",
 )
 RESHUFFLING_FIELDS = ("bucketing", "salt")
 
@@ -123,7 +124,7 @@ def _validate_fields(values: dict[str, Any]) -> dict[str, Any]:
 def _clean_field(name: str, value: Any) -> Any:
     if name == "rollout_percentage":
         return parse_percentage(value)
-    if name == "enabled":
+    if name in ("enabled", "client_side"):
         if not isinstance(value, bool):
             raise ValidationError({name: "must be true or false"})
         return value
@@ -164,6 +165,7 @@ def flag_state(flag: Flag) -> dict[str, Any]:
         "salt": flag.salt,
         "treatment_mode": flag.treatment_mode,
         "baseline_mode": flag.baseline_mode,
+        "client_side": flag.client_side,
         "version": flag.version,
     }
 
@@ -245,6 +247,7 @@ def flag_create(
     salt: str = "",
     treatment_mode: str = "patch",
     baseline_mode: str = "single",
+    client_side: bool = False,
     now: datetime | None = None,
 ) -> Flag:
     """Create a flag (off by default) and audit its initial settings (at `now`, by default the clock's)."""
@@ -265,6 +268,7 @@ def flag_create(
         "salt": salt or (key if isinstance(key, str) else ""),
         "treatment_mode": treatment_mode,
         "baseline_mode": baseline_mode,
+        "client_side": client_side,
     }
     try:
         clean = _validate_fields(values)

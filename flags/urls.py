@@ -9,4 +9,5 @@ urlpatterns = [
     path("flags/<str:key>/", views.flag_detail, name="detail"),
     path("flags/<str:key>/rollout", views.flag_rollout, name="rollout"),
     path("flags/<str:key>/enabled", views.flag_enabled, name="enabled"),
+    path("flags/<str:key>/client-side", views.flag_client_side, name="client_side"),
 ]

@@ -215,3 +215,22 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
     state = "enabled" if flag.enabled else "disabled (kill switch)"
     return _controls(request, flag, changed=True, message=f"Flag {state}.")
+
+
+@require_POST
+@manager_required("change who may evaluate a flag")
+def flag_client_side(request: HttpRequest, key: str) -> HttpResponse:
+    """Whether client keys (a browser's, scope `client`) may evaluate the flag. Audited like any change."""
+    flag = flag_or_404(key)
+    wanted = request.POST.get("client_side")
+    if wanted not in {"on", "off"}:
+        return _controls(request, flag, status=400, error="client_side must be on or off.")
+    try:
+        flag = services.flag_update(
+            flag=flag, client_side=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
+            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
+        )
+    except services.VersionConflict as exc:
+        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    state = "evaluable by client keys (browsers)" if flag.client_side else "server-side only"
+    return _controls(request, flag, changed=True, message=f"Flag now {state}.")
