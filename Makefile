@@ -31,7 +31,13 @@ demo: $(STAMP)
 	@echo "rolloutadmin demo: http://127.0.0.1:8000  (Ctrl-C stops web, worker, beat and the simulator)"
 	DEBUG=$${DEBUG:-1} $(VENV)/bin/honcho start -f Procfile.demo
 
-test: $(STAMP)
+# The published OpenFeature clients the interop tests run (tests/interop, pinned by its lock file).
+INTEROP := tests/interop/node_modules/.package-lock.json
+$(INTEROP): tests/interop/package.json tests/interop/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/interop && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm is not installed: the OpenFeature interop tests (tests/interop) will be skipped"; fi
+
+test: $(STAMP) $(INTEROP)
 	DEBUG=$${DEBUG:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -43,4 +49,4 @@ bench: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(PY) -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache tests/interop/node_modules
