@@ -119,3 +119,13 @@ def servers(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def keep_the_test_connection(monkeypatch):
+    """For tests that drive the snapshot inside the test's transaction. The snapshot calls
+    close_old_connections() before it reloads, which would close the connection the test is using; after a
+    failed check it also drops the connection, as it must with a real outage, where here the connection is
+    fine and holds the test's transaction."""
+    monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
+    monkeypatch.setattr("api.snapshot._forget_connection", lambda: None)

@@ -34,7 +34,7 @@ from tests.monitoring import record
 
 # Real transactions, as in production (autocommit between requests): inside a test's own transaction a failed
 # write would mark that transaction for rollback, which no server ever has to live with.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_the_test_connection")]
 
 REFUSED = 'connection to server at "127.0.0.1", port 5432 failed: Connection refused'
 FLAG = "patch_mode_enabled"
@@ -79,16 +79,6 @@ def dies_after(allowed: int) -> Iterator[_DiesAfter]:
     wrapper = _DiesAfter(allowed)
     with connection.execute_wrapper(wrapper):
         yield wrapper
-
-
-@pytest.fixture(autouse=True)
-def keep_the_test_connection(monkeypatch):
-    # The snapshot calls close_old_connections() before it reloads; inside a test transaction that would close
-    # the connection the test is using (as in tests/monitoring/test_api.py).
-    # After a failed check it also drops the connection, as it must with a real outage; here the connection is
-    # fine and holds the test transaction.
-    monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
-    monkeypatch.setattr("api.snapshot._forget_connection", lambda: None)
 
 
 @pytest.fixture

@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.core.signals import request_finished, request_started
-from django.db import DEFAULT_DB_ALIAS, OperationalError, close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
 
 from rolloutadmin import requestlog
+from tests.wsgi import run
+
+pytestmark = pytest.mark.usefixtures("keep_the_test_connection")
 
 FLAG = "patch_mode_enabled"
 OFREP = f"/ofrep/v1/evaluate/flags/{FLAG}"
@@ -49,28 +51,10 @@ def _wsgi(method: str, path: str, body: bytes = b"", token: str = "", query: str
         environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
-    answer: dict = {}
-
-    def start_response(status, response_headers, exc_info=None):  # type: ignore[no-untyped-def]
-        answer.update(status=status, headers=response_headers)
-
-    # As Django's test client does: the request signals must not close the connection holding the test's
-    # transaction (as in tests/api/test_chunked.py).
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        result = app(environ, start_response)
-        try:
-            content = b"".join(result)
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    names = [name.lower() for name, _ in answer["headers"]]
-    assert len(names) == len(set(names)), answer["headers"]  # e.g. no second X-Request-ID
-    return answer["status"], dict(answer["headers"]), content
+    status, headers, content = run(app, environ)
+    names = [name.lower() for name, _ in headers]
+    assert len(names) == len(set(names)), headers  # e.g. no second X-Request-ID
+    return status, dict(headers), content
 
 
 def _evaluate_body(user: str = "u1") -> bytes:
@@ -79,14 +63,6 @@ def _evaluate_body(user: str = "u1") -> bytes:
 
 def request_lines(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "rolloutadmin.request"]
-
-
-@pytest.fixture(autouse=True)
-def keep_the_test_connection(monkeypatch):
-    # As in tests/test_outage.py: the snapshot's reactions (closing old connections before a reload, dropping
-    # the connection after a failed check) must not close the connection holding the test's transaction.
-    monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
-    monkeypatch.setattr("api.snapshot._forget_connection", lambda: None)
 
 
 @pytest.fixture

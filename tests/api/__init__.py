@@ -6,8 +6,7 @@ from __future__ import annotations
 import io
 import json
 
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
+from tests.wsgi import run
 
 
 class Answer:
@@ -34,23 +33,8 @@ def via_wsgi(client, method: str, path: str, body: dict | None, headers: dict[st
                "SERVER_NAME": "testserver", "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.url_scheme": "http"}
     for name, value in headers.items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
-    answer: dict = {}
-
-    def start_response(status, response_headers, exc_info=None):  # type: ignore[no-untyped-def]
-        answer.update(status=int(status.split()[0]), headers={k.lower(): v for k, v in response_headers})
-
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        result = application(environ, start_response)
-        try:
-            content = b"".join(result)
-        finally:
-            result.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return Answer(answer["status"], answer["headers"], content)
+    status, response_headers, content = run(application, environ)
+    return Answer(int(status.split()[0]), {k.lower(): v for k, v in response_headers}, content)
 
 
 def bearer(secret: str) -> dict[str, str]:

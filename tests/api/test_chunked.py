@@ -17,13 +17,12 @@ import sys
 from urllib.parse import urlsplit
 
 import pytest
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test import override_settings
 
 from flags import services
 from flags.models import Flag, Source
 from monitoring.models import ExecutionRecord
+from tests.wsgi import run
 
 FLAG = "patch_mode_enabled"
 RECORD = {"user_id": "user_1", "mode": "patch", "latency_ms": 12.5, "tokens_used": 100, "success": True,
@@ -75,27 +74,8 @@ def call(method: str, path: str, body: bytes, token: str | None = None, *, termi
         del environ["HTTP_TRANSFER_ENCODING"]
     if token:
         environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    answer: dict = {}
-
-    def start_response(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
-        answer["status"] = int(status.split()[0])
-        answer["headers"] = dict(headers)
-
-    # As Django's test client does: the request signals must not close the connection holding the test's
-    # transaction.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        chunks = application(environ, start_response)
-        try:
-            content = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return answer["status"], answer["headers"], content, stream
+    status, headers, content = run(application, environ)
+    return int(status.split()[0]), dict(headers), content, stream
 
 
 @pytest.fixture(autouse=True)
