@@ -178,6 +178,11 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
         target = services.parse_percentage(request.POST.get("rollout_percentage", ""))
     except ValidationError as exc:
         return _controls(request, flag, status=400, error=" ".join(exc.message_dict["rollout_percentage"]))
+    expected = _expected_version(request)
+    if expected is not None and expected != flag.version:
+        # A stale page first learns what changed: "needs confirmation" would judge a move it never meant.
+        conflict = services.VersionConflict(flag, expected, selectors.last_change(flag))
+        return _controls(request, flag, status=409, error=f"Refused: {conflict}")
     current = flag.rollout_percentage
     firing = _firing(flag) if target > current else ""
     needs_confirmation = target > current and (target - current > BIG_STEP or target == 100 or bool(firing))
@@ -188,7 +193,7 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
     try:
         flag = services.flag_set_rollout(
             flag=flag, percentage=target, actor=Actor.for_user(request.user), source=Source.UI,
-            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
+            reason=request.POST.get("reason", "").strip()[:1000], expected_version=expected,
         )
     except services.VersionConflict as exc:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
@@ -206,13 +211,19 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     firing = _firing(flag) if wanted == "on" and not flag.enabled else ""
     if firing and request.POST.get("confirmed") != "yes":
         return _controls(request, flag, status=400, error=f"Turning the flag on needs confirmation ({firing}).")
+    # Turning a flag off is always safe: it works from any page, whatever changed meanwhile (the audit entry
+    # records the state it overrode). Turning it on still needs the version the page showed.
+    expected = _expected_version(request) if wanted == "on" else None
+    was = flag.version
     try:
         flag = services.flag_update(
             flag=flag, enabled=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
-            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
+            reason=request.POST.get("reason", "").strip()[:1000], expected_version=expected,
         )
     except services.VersionConflict as exc:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    if flag.version == was:
+        return _controls(request, flag, message=f"Flag already {'enabled' if flag.enabled else 'disabled'}.")
     state = "enabled" if flag.enabled else "disabled (kill switch)"
     return _controls(request, flag, changed=True, message=f"Flag {state}.")
 

@@ -169,6 +169,23 @@ def test_kill_switch_turns_the_flag_off_after_confirmation(page, user_in, patch_
     expect(page.locator("#audit .audit-row").first).to_contain_text("disable")
 
 
+def test_the_kill_switch_works_on_the_first_click_from_a_stale_page(page, user_in, patch_flag):
+    user_in("pm", "Rollout managers")
+    login(page, "pm", "/flags/patch_mode_enabled/")
+    services.flag_set_rollout(flag="patch_mode_enabled", percentage=45, actor=Actor.system("release-bot"),
+                              source=Source.API)  # the page still shows 10% and the old version
+    page.on("dialog", lambda d: d.accept())
+    page.get_by_label("Kill switch reason").fill("errors spiking")
+    page.get_by_role("button", name="Disable (kill switch)").click()
+    expect(page.locator("#flag-state")).to_have_text("disabled")
+    expect(page.locator("#controls .alert.ok")).to_contain_text("Flag disabled")
+    flag = Flag.objects.get(key="patch_mode_enabled")
+    assert flag.enabled is False and flag.rollout_percentage == Decimal("45.00")
+    entry = AuditEntry.objects.filter(flag__key="patch_mode_enabled").latest("id")
+    assert (entry.action, entry.reason, entry.before["enabled"]) == ("disable", "errors spiking", True)
+    assert page.console_errors == []  # type: ignore[attr-defined]
+
+
 def test_a_viewer_sees_everything_and_can_change_nothing(page, user_in, patch_flag):
     user_in("watcher", "Rollout viewers")
     login(page, "watcher", "/flags/patch_mode_enabled/")

@@ -120,6 +120,43 @@ def test_kill_switch_and_bad_values(manager, flag):
     assert AuditEntry.objects.filter(flag=flag).latest("id").action == "enable"
 
 
+def test_a_stale_page_learns_of_the_conflict_before_any_confirmation(manager, flag):
+    services.flag_set_rollout(flag=flag, percentage=80, enabled=True, actor=Actor.system("pm"), source=Source.UI)
+    page_version = Flag.objects.get(pk=flag.pk).version
+    services.flag_set_rollout(flag=flag, percentage=25, actor=Actor.system("ops-cli"), source=Source.CLI)
+    # The page still shows 80%; the user nudges the slider down to 79. Judged against 25% that would be a
+    # 54-point raise "needing confirmation"; the real answer is that the flag changed.
+    response = manager.post(ROLLOUT, {"rollout_percentage": "79", "expected_version": str(page_version)})
+    assert response.status_code == 409
+    page = response.content.decode()
+    assert "ops-cli" in page and "needs confirmation" not in page and 'data-current="25.00"' in page
+    assert Flag.objects.get(pk=flag.pk).rollout_percentage == Decimal("25.00")
+
+
+def test_the_kill_switch_works_from_a_stale_page_and_audits_what_it_overrode(manager, flag):
+    services.flag_set_rollout(flag=flag, percentage=30, enabled=True, actor=Actor.system("pm"), source=Source.UI)
+    page_version = Flag.objects.get(pk=flag.pk).version
+    services.flag_set_rollout(flag=flag, percentage=60, actor=Actor.system("ops-cli"), source=Source.CLI)
+    response = manager.post(ENABLED, {"enabled": "off", "expected_version": str(page_version),
+                                      "reason": "errors spiking"})
+    assert response.status_code == 200 and "Flag disabled" in response.content.decode()
+    flag.refresh_from_db()
+    assert flag.enabled is False and flag.rollout_percentage == Decimal("60.00")
+    entry = AuditEntry.objects.filter(flag=flag).latest("id")
+    assert (entry.action, entry.reason, entry.source) == ("disable", "errors spiking", "ui")
+    assert entry.before == {"enabled": True, "version": page_version + 1}  # the state it overrode
+    again = manager.post(ENABLED, {"enabled": "off", "expected_version": str(page_version), "reason": "again"})
+    assert again.status_code == 200 and "already disabled" in again.content.decode()
+    assert AuditEntry.objects.filter(flag=flag).latest("id").pk == entry.pk  # nothing to audit
+
+
+def test_turning_a_flag_on_from_a_stale_page_is_still_refused(manager, flag):
+    services.flag_set_rollout(flag=flag, percentage=5, actor=Actor.system("ops-cli"), source=Source.CLI)
+    response = manager.post(ENABLED, {"enabled": "on", "expected_version": "1", "confirmed": "yes"})
+    assert response.status_code == 409
+    assert Flag.objects.get(pk=flag.pk).enabled is False
+
+
 def test_csrf_applies_to_dashboard_posts(django_user_model, flag):
     user = django_user_model.objects.create_user("pm", password="pw")
     user.groups.add(Group.objects.get_or_create(name="Rollout managers")[0])
