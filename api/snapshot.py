@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -279,8 +280,7 @@ class SnapshotStore:
         if snap is not None and not self._dirty:
             if self._background:
                 if time.monotonic() >= self._next_check:
-                    if self._thread is None or not self._thread.is_alive():
-                        self._ensure_thread()  # a forked worker, or a thread that died
+                    self._ensure_thread()  # a forked worker has none yet; a thread may have died
                     self._wake.set()
                 return snap
             if time.monotonic() < self._next_check:
@@ -404,9 +404,7 @@ class SnapshotStore:
 
 
 def _write_last_used(times: dict[int, float]) -> None:
-    from datetime import UTC, datetime
-
-    from .models import ApiKey
+    from .models import ApiKey  # as in _load: the app registry is ready by the time anything asks
 
     try:
         _refresh_connection()
