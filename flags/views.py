@@ -20,6 +20,7 @@ from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
+from alerts import charts
 from monitoring import selectors as metrics
 
 from . import selectors, services
@@ -98,21 +99,6 @@ def _window(request: HttpRequest) -> str:
     return window if window in metrics.WINDOWS else metrics.DEFAULT_WINDOW
 
 
-@require_GET
-@viewer_required
-def flag_list(request: HttpRequest) -> HttpResponse:
-    from alerts.plans import plan_stages_by_flag
-
-    template = "flags/flag_list.html"
-    if request.htmx:
-        template += "#flag-table"
-    flags = list(selectors.flags_with_last_change())
-    stages = plan_stages_by_flag()
-    for flag in flags:
-        flag.plan_stage = stages.get(flag.pk, "")
-    return render(request, template, {"flags": flags})
-
-
 def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
     window = _window(request)
     summary = metrics.summary(flag, window)
@@ -124,8 +110,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
         "summary": summary,
         "modes": [(mode, summary["modes"][mode]) for mode in (flag.treatment_mode, flag.baseline_mode)],
         "criteria": metrics.success_criteria(summary),
-        "chart_data": {"series": metrics.series(flag, window), "treatment": flag.treatment_mode,
-                       "baseline": flag.baseline_mode},
+        "chart_data": charts.chart_data(flag, window),
         "audit": selectors.audit_for_flag(flag, limit=15),
         "counts": selectors.override_counts(flag),
         "last_change": selectors.last_change(flag),

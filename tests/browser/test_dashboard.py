@@ -2,85 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from decimal import Decimal
 
 import pytest
+from playwright.sync_api import expect
 
 from flags import services
 from flags.actors import Actor
 from flags.models import AuditEntry, Flag, Source
 from monitoring import services as monitoring
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-
-if not shutil.which(CHROMIUM) and os.environ.get("REQUIRE_BROWSER") != "1":
-    pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it and requires these tests",
-                allow_module_level=True)
-
-# Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from tests.browser import PASSWORD, login
 
 pytestmark = pytest.mark.django_db(transaction=True)
-PASSWORD = "browser-test-password"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def groups(db):
-    from django.contrib.auth.models import Group
-
-    # Transactional tests empty every table, the migration's groups included: make sure they exist.
-    return {name: Group.objects.get_or_create(name=name)[0] for name in ("Rollout viewers", "Rollout managers")}
-
-
-@pytest.fixture
-def user_in(django_user_model, groups):
-    def make(username: str, group: str):
-        user = django_user_model.objects.create_user(username, password=PASSWORD)
-        user.groups.add(groups[group])
-        return user
-
-    return make
-
-
-@pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 1600})
-    tab = context.new_page()
-    tab.console_errors = []  # type: ignore[attr-defined]
-    tab.on("console", lambda m: m.type == "error" and tab.console_errors.append(m.text))  # type: ignore[attr-defined]
-    tab.on("pageerror", lambda e: tab.console_errors.append(str(e)))  # type: ignore[attr-defined]
-    yield tab
-    errors = tab.console_errors  # type: ignore[attr-defined]
-    context.close()
-    assert errors == [], f"the page logged console errors: {errors}"
-
-
-@pytest.fixture
-def patch_flag(flag, actor):
-    return services.flag_set_rollout(flag=flag, percentage=10, enabled=True, actor=actor, source=Source.CLI)
-
-
-def login(page, username: str, next_path: str) -> None:
-    page.goto(f"/login/?next={next_path}")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"**{next_path}")
 
 
 def traffic() -> None:
