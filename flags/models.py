@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, NamedTuple
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -160,6 +161,15 @@ class AuditQuerySet(models.QuerySet):
         raise AppendOnlyError("audit entries are append-only: they cannot be deleted")
 
 
+class AuditChange(NamedTuple):
+    """One changed field of an audit entry, as text for a page: `before` is None for a field that was only
+    set (a new flag's settings, a count of user ids), `after` is None for one that was removed."""
+
+    field: str
+    before: str | None
+    after: str | None
+
+
 class AuditEntry(models.Model):
     # The writer's time: a service called with `now` (alert checks, plans, simulations) records that.
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -209,6 +219,39 @@ class AuditEntry(models.Model):
                 parts.append(f"{name} {len(ids)} user(s)")
         text = ", ".join(parts)
         return text if len(text) <= 200 else text[:199] + "…"
+
+    @property
+    def changes(self) -> list[AuditChange]:
+        """Each changed field with its before and after as text (switches on/off, percentages with %, lists of
+        user ids as counts), in change_summary's order; the flag's version is left out."""
+        lists = ("added", "removed")
+        changes = []
+        for name in sorted(set(self.before) | set(self.after)):
+            if name == "version" or name in lists:
+                continue
+            old = self._shown(name, self.before[name]) if name in self.before else None
+            new = self._shown(name, self.after[name]) if name in self.after else None
+            changes.append(AuditChange(name, old, new))
+        for name in lists:
+            ids = self.after[name] if name in self.after else self.before.get(name)
+            if isinstance(ids, list):
+                changes.append(AuditChange(name, None, f"{len(ids)} user{'' if len(ids) == 1 else 's'}"))
+        return changes
+
+    @staticmethod
+    def _shown(name: str, value: Any) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if name.endswith("percentage"):
+            return f"{value}%"
+        if isinstance(value, list):
+            return f"{len(value)} item{'' if len(value) == 1 else 's'}"
+        text = str(value)
+        if text == "":
+            return "(empty)"
+        return text if len(text) <= 120 else text[:119] + "…"
 
 
 class ConfigStamp(models.Model):

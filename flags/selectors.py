@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Max, OuterRef, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Q, QuerySet, Subquery
 
 from . import evaluation
 from .models import EXPOSURE_FIELDS, AuditEntry, Flag, OverrideKind, UserOverride
@@ -95,3 +96,89 @@ def exposure_changes(flag: Flag, *, until: datetime) -> list[AuditEntry]:
     """The flag's audited changes to who gets it (stage boundaries), oldest first, up to `until`."""
     return list(AuditEntry.objects.filter(flag=flag, created_at__lte=until, after__has_any_keys=list(EXPOSURE_FIELDS))
                 .order_by("created_at", "id"))
+
+
+def flags_for_list(search: str = "") -> list[Flag]:
+    """The flags list: every flag whose key, name or description contains `search` (any case; empty: all),
+    each with `last_change`, its latest audit entry or None. Two queries, however many flags."""
+    latest = AuditEntry.objects.filter(flag=OuterRef("pk")).order_by("-created_at", "-id")
+    flags = Flag.objects.annotate(last_change_id=Subquery(latest.values("id")[:1]))
+    if search:
+        if "\x00" in search:  # no flag holds a NUL (the services refuse it), and PostgreSQL cannot compare one
+            return []
+        flags = flags.filter(Q(key__icontains=search) | Q(name__icontains=search) | Q(description__icontains=search))
+    found = list(flags)
+    entries = AuditEntry.objects.in_bulk([f.last_change_id for f in found if f.last_change_id is not None])
+    for flag in found:
+        flag.last_change = entries.get(flag.last_change_id)
+    return found
+
+
+def flag_keys() -> list[str]:
+    return list(Flag.objects.order_by("key").values_list("key", flat=True))
+
+
+AUDIT_PAGE_SIZE = 50
+
+# A position in the audit log: an entry's (created_at, id), the log's order from newest to oldest.
+AuditCursor = tuple[datetime, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    entries: list[AuditEntry]  # newest first
+    older: AuditCursor | None  # where the next older page starts after; None: this page holds the oldest entry
+    newer: AuditCursor | None  # where the next newer page starts before; None: this is the newest page
+
+
+def _cursor(entry: AuditEntry) -> AuditCursor:
+    return (entry.created_at, entry.pk)
+
+
+def audit_search(
+    *,
+    flag: Flag | None = None,
+    actor: str = "",
+    source: str = "",
+    action: str = "",
+    before: AuditCursor | None = None,
+    after: AuditCursor | None = None,
+    limit: int = AUDIT_PAGE_SIZE,
+) -> AuditPage:
+    """One page of the audit log, newest first, narrowed by flag, actor (any case, part of the name), source
+    and action (exact); empty means any. `before` gives the page of entries older than a position, `after`
+    the page of entries newer than one (or the newest page, when fewer than `limit` are newer).
+
+    Keyset pagination on (created_at, id): one query per page, however deep, with no COUNT, and a page does
+    not shift when entries are added meanwhile. Filtered by flag it walks audit_flag_recent_idx
+    (flag, -created_at), else the created_at index, and stops after limit + 1 rows."""
+    if before is not None and after is not None:
+        raise ValueError("give before or after, not both")
+    entries = AuditEntry.objects.all()
+    if flag is not None:
+        entries = entries.filter(flag=flag)
+    if actor:
+        entries = entries.filter(actor__icontains=actor)
+    if source:
+        entries = entries.filter(source=source)
+    if action:
+        entries = entries.filter(action=action)
+    if after is not None:
+        at, pk = after
+        # The redundant created_at >= at is what lets PostgreSQL start the index scan at the position.
+        newer = list(entries.filter(Q(created_at__gt=at) | Q(created_at=at, pk__gt=pk), created_at__gte=at)
+                     .order_by("created_at", "id")[: limit + 1])
+        if len(newer) > limit:
+            rows = newer[:limit][::-1]
+            return AuditPage(entries=rows, older=_cursor(rows[-1]), newer=_cursor(rows[0]))
+        before = None  # fewer than a page is newer: show the newest page
+    elif before is not None:
+        at, pk = before
+        entries = entries.filter(Q(created_at__lt=at) | Q(created_at=at, pk__lt=pk), created_at__lte=at)
+    found = list(entries.order_by("-created_at", "-id")[: limit + 1])
+    rows = found[:limit]
+    return AuditPage(
+        entries=rows,
+        older=_cursor(rows[-1]) if len(found) > limit else None,
+        newer=(_cursor(rows[0]) if rows else before) if before is not None else None,
+    )
