@@ -207,7 +207,8 @@ def pause_running_plan(flag: Flag, *, actor: Actor, source: str, reason: str, no
         return False
     if not dry_run:
         plan.state = PlanState.PAUSED
-        plan.status_note = f"paused: {actor.name} ({source}) changed the flag: {reason}"[:500]
+        said = Source(source).label if source in Source.values else source  # "dashboard", as everywhere
+        plan.status_note = f"paused: {actor.name} ({said}) changed the flag: {reason}"[:500]
         _counted("paused")
         _save(plan, now or timezone.now(), "state", "status_note")
     return True

@@ -326,9 +326,12 @@ def _report_sentence(report: services.BulkReport) -> str:
 
 class BulkListForm(forms.Form):
     operation = forms.ChoiceField(choices=[("add", "Add to the list"), ("remove", "Remove from the list")])
+    # Starts on the allow list, so that the form's defaults (add, allow) are a valid combination: "either
+    # list" only makes sense for a removal.
     kind = forms.ChoiceField(
-        choices=[("", "either list (removal only)"), *OverrideKind.choices],
+        choices=[*OverrideKind.choices, ("", "either list (removal only)")],
         required=False,
+        initial=OverrideKind.ALLOW,
     )
     text = forms.CharField(
         required=False,

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -304,6 +305,14 @@ def _refuse_more_exposure(changed: dict[str, tuple[Any, Any]]) -> None:
         raise ValidationError({"salt": "this change may not reshuffle users"})
 
 
+def require_reason(*, source: str, reason: str, turning_off: bool = False) -> None:
+    """A change made from the dashboard needs a reason, kept in the audit log (DASHBOARD_REASON_REQUIRED,
+    on by default). Turning a flag off with the kill switch never does: in an incident nothing may slow it
+    down, and its audit entry still records who did it and the state it overrode."""
+    if source == Source.UI and settings.DASHBOARD_REASON_REQUIRED and not turning_off and not reason.strip():
+        raise ValidationError({"reason": "Give a reason: it is kept in the audit log with the change."})
+
+
 def _describe_action(changed: dict[str, tuple[Any, Any]]) -> str:
     if set(changed) == {"enabled"}:
         return "enable" if changed["enabled"][1] else "disable"
@@ -348,6 +357,7 @@ def flag_update(
             changed[name] = (current, value)
     if not changed:
         return locked
+    require_reason(source=source, reason=reason, turning_off=changed == {"enabled": (True, False)})
     if set(changed) & set(RESHUFFLING_FIELDS) and not confirm_reshuffle:
         raise ValidationError(
             {

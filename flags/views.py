@@ -12,6 +12,7 @@ from decimal import Decimal
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -30,6 +31,7 @@ from .models import Flag, Source
 VIEWERS = "Rollout viewers"
 MANAGERS = "Rollout managers"
 BIG_STEP = Decimal(25)
+SESSION_ENDED = "Your session has ended: log in again, then retry. Nothing was changed."
 
 # The dashboard runs no inline script or style, so it can always send a strict policy.
 STRICT_CSP = {
@@ -60,10 +62,17 @@ def can_manage(user: Any) -> bool:
 
 
 def viewer_required(view):  # type: ignore[no-untyped-def]
-    @login_required
+    logged_in = login_required(view)
+
     @csp_override(STRICT_CSP)
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            if request.htmx:
+                # A redirect would be followed and the login page swapped into a panel: say it instead, next
+                # to the control (dashboard.js), and keep what the user typed.
+                return HttpResponse(SESSION_ENDED, status=401, content_type="text/plain; charset=utf-8")
+            return logged_in(request, *args, **kwargs)
         if not can_view(request.user):
             raise PermissionDenied("You need to be in the Rollout viewers or Rollout managers group.")
         return view(request, *args, **kwargs)
@@ -115,6 +124,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
         "counts": selectors.override_counts(flag),
         "last_change": selectors.last_change(flag),
         "firing": _firing(flag),
+        "reason_required": settings.DASHBOARD_REASON_REQUIRED,
         **extra,
     }
 
@@ -140,7 +150,7 @@ def _firing(flag: Flag) -> str:
 
 def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
     context = {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
-               "firing": _firing(flag), **extra}
+               "firing": _firing(flag), "reason_required": settings.DASHBOARD_REASON_REQUIRED, **extra}
     response = render(request, "flags/flag_detail.html#controls", context, status=status)
     if extra.get("changed"):
         trigger_client_event(response, "flag-changed", {"version": flag.version})
@@ -168,7 +178,14 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
         # A stale page first learns what changed: "needs confirmation" would judge a move it never meant.
         conflict = services.VersionConflict(flag, expected, selectors.last_change(flag))
         return _controls(request, flag, status=409, error=f"Refused: {conflict}")
+    reason = request.POST.get("reason", "").strip()[:1000]
     current = flag.rollout_percentage
+    if target != current:
+        # Before the confirmation: a user who confirmed a big step must not then learn the reason was missing.
+        try:
+            services.require_reason(source=Source.UI, reason=reason)
+        except ValidationError as exc:
+            return _controls(request, flag, status=400, error=" ".join(exc.message_dict["reason"]))
     firing = _firing(flag) if target > current else ""
     needs_confirmation = target > current and (target - current > BIG_STEP or target == 100 or bool(firing))
     if needs_confirmation and request.POST.get("confirmed") != "yes":
@@ -178,10 +195,12 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
     try:
         flag = services.flag_set_rollout(
             flag=flag, percentage=target, actor=Actor.for_user(request.user), source=Source.UI,
-            reason=request.POST.get("reason", "").strip()[:1000], expected_version=expected,
+            reason=reason, expected_version=expected,
         )
     except services.VersionConflict as exc:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    except ValidationError as exc:
+        return _controls(request, flag, status=400, error=" ".join(exc.messages))
     return _controls(request, flag, changed=True, message=f"Rollout set to {flag.rollout_percentage}%.")
 
 
@@ -193,6 +212,12 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     wanted = request.POST.get("enabled")
     if wanted not in {"on", "off"}:
         return _controls(request, flag, status=400, error="enabled must be on or off.")
+    reason = request.POST.get("reason", "").strip()[:1000]
+    if wanted == "on" and not flag.enabled:
+        try:  # before the confirmation, as for the slider
+            services.require_reason(source=Source.UI, reason=reason)
+        except ValidationError as exc:
+            return _controls(request, flag, status=400, error=" ".join(exc.messages))
     firing = _firing(flag) if wanted == "on" and not flag.enabled else ""
     if firing and request.POST.get("confirmed") != "yes":
         return _controls(request, flag, status=400, error=f"Turning the flag on needs confirmation ({firing}).")
@@ -203,10 +228,12 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     try:
         flag = services.flag_update(
             flag=flag, enabled=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
-            reason=request.POST.get("reason", "").strip()[:1000], expected_version=expected,
+            reason=reason, expected_version=expected,
         )
     except services.VersionConflict as exc:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    except ValidationError as exc:
+        return _controls(request, flag, status=400, error=" ".join(exc.messages))
     if flag.version == was:
         return _controls(request, flag, message=f"Flag already {'enabled' if flag.enabled else 'disabled'}.")
     state = "enabled" if flag.enabled else "disabled (kill switch)"
@@ -228,5 +255,7 @@ def flag_client_side(request: HttpRequest, key: str) -> HttpResponse:
         )
     except services.VersionConflict as exc:
         return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    except ValidationError as exc:
+        return _controls(request, flag, status=400, error=" ".join(exc.messages))
     state = "evaluable by client keys (browsers)" if flag.client_side else "server-side only"
     return _controls(request, flag, changed=True, message=f"Flag now {state}.")

@@ -66,6 +66,7 @@ DEBUG = env_bool("DEBUG")
 SECRET_KEY = _secret_key(DEBUG)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+CSRF_FAILURE_VIEW = "rolloutadmin.errors.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -213,6 +214,9 @@ ALERT_CHECK_INTERVAL = float(os.environ.get("ALERT_CHECK_INTERVAL", "60"))
 ALERT_EMAILS = env_list("ALERT_EMAILS", "")
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip()
 ALERT_WEBHOOK_TIMEOUT = float(os.environ.get("ALERT_WEBHOOK_TIMEOUT", "5"))
+# Changes made from the dashboard need a reason for the audit log (flags.services.require_reason); the kill
+# switch turning a flag off never does. DASHBOARD_REASON_REQUIRED=0 makes the reason optional.
+DASHBOARD_REASON_REQUIRED = env_bool("DASHBOARD_REASON_REQUIRED", True)
 # Django 6.1 mailers: EMAIL_BACKEND (console in development, SMTP otherwise; the file backend writes into
 # EMAIL_FILE_PATH), with SMTP's host and port from EMAIL_HOST and EMAIL_PORT.
 _EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (

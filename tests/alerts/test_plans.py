@@ -425,7 +425,7 @@ def test_a_later_exposure_change_that_does_not_pause_the_plan_restarts_its_data(
     plan = start(flag, t0)
     healthy(t0 + timedelta(days=1))
     services.flag_update(flag=flag, salt="reshuffled", confirm_reshuffle=True, actor=BOB, source=Source.UI,
-                         now=t0 + timedelta(days=2))
+                         reason="test", now=t0 + timedelta(days=2))
     plan.refresh_from_db()
     assert plan.state == PlanState.RUNNING
     info = tick_after(plan, WEEK + MINUTE)
@@ -588,7 +588,7 @@ def test_the_slider_pauses_the_plan(flag, t0):
 
 def test_turning_the_flag_off_by_hand_pauses_the_plan(flag, t0):
     plan = start(flag, t0)
-    services.flag_update(flag=flag, enabled=False, actor=BOB, source=Source.UI, now=t0 + MINUTE)
+    services.flag_update(flag=flag, enabled=False, actor=BOB, source=Source.UI, reason="test", now=t0 + MINUTE)
     plan.refresh_from_db()
     assert plan.state == PlanState.PAUSED and "bob" in plan.status_note
 
@@ -596,7 +596,7 @@ def test_turning_the_flag_off_by_hand_pauses_the_plan(flag, t0):
 def test_a_change_that_does_not_touch_exposure_leaves_the_plan_running(flag, t0):
     plan = start(flag, t0)
     services.flag_update(flag=flag, name="Patch Mode (renamed)", description="new words", actor=BOB,
-                         source=Source.UI, now=t0 + MINUTE)
+                         source=Source.UI, reason="test", now=t0 + MINUTE)
     plan.refresh_from_db()
     assert (plan.state, plan.updated_at) == (PlanState.RUNNING, t0)
 
@@ -734,7 +734,8 @@ def test_a_resolved_or_warning_alert_needs_no_confirmation(flag, t0, name, state
 
 def test_resuming_a_plan_while_a_critical_alert_is_open_needs_confirmation(flag, t0):
     plan = plans.plan_pause(plan=start(flag, t0), actor=ALICE, now=t0 + MINUTE)
-    services.flag_update(flag=flag, rollout_percentage=0, actor=BOB, source=Source.UI, now=t0 + 2 * MINUTE)
+    services.flag_update(flag=flag, rollout_percentage=0, actor=BOB, source=Source.UI, reason="test",
+                         now=t0 + 2 * MINUTE)
     open_alert(flag)
     with pytest.raises(plans.NeedsConfirmation):
         plans.plan_resume(plan=plan, actor=ALICE, now=t0 + 3 * MINUTE)
@@ -769,7 +770,7 @@ def test_pausing_and_aborting_need_no_confirmation(flag, t0):
 def test_resume_restarts_the_stage_in_force_with_a_fresh_clock(flag, t0):
     plan = start(flag, t0)
     changed_at, resumed_at = t0 + timedelta(days=1), t0 + timedelta(days=2)
-    services.flag_update(flag=flag, rollout_percentage=5, actor=BOB, source=Source.UI, now=changed_at)
+    services.flag_update(flag=flag, rollout_percentage=5, actor=BOB, source=Source.UI, reason="test", now=changed_at)
     resumed = plans.plan_resume(plan=plan, actor=ALICE, now=resumed_at)
     assert (resumed.state, resumed.current_stage, resumed.status_note) == (PlanState.RUNNING, 0, "resumed by alice")
     assert resumed.stage_started_at == resumed.updated_at == resumed_at

@@ -43,7 +43,7 @@ def test_manager_moves_the_slider_with_the_keyboard_confirms_and_sees_it_after_r
     assert len(dialogs) == 1 and "from 10% to 40%" in dialogs[0]
     page.reload()
     expect(page.get_by_role("slider", name=re.compile("Rollout percentage"))).to_have_value("40")
-    expect(page.locator("#audit .audit-row").first).to_contain_text("rollout_percentage: 10.00 → 40.00")
+    expect(page.locator("#audit .audit-row").first).to_contain_text("rollout_percentage: 10.00% → 40.00%")
     expect(page.locator("#audit .audit-row").first).to_contain_text("week 3")
     entry = AuditEntry.objects.filter(flag__key="patch_mode_enabled").latest("id")
     assert (entry.source, entry.actor, entry.action) == ("ui", "pm", "set_rollout")
@@ -53,6 +53,7 @@ def test_manager_moves_the_slider_with_the_keyboard_confirms_and_sees_it_after_r
 def test_declining_the_confirmation_changes_nothing(page, user_in, patch_flag):
     user_in("pm", "Rollout managers")
     login(page, "pm", "/flags/patch_mode_enabled/")
+    page.fill("#rollout-reason", "testing")
     page.on("dialog", lambda d: d.dismiss())
     slider = page.get_by_role("slider", name=re.compile("Rollout percentage"))
     slider.focus()
@@ -65,6 +66,7 @@ def test_declining_the_confirmation_changes_nothing(page, user_in, patch_flag):
 def test_a_small_step_applies_without_asking(page, user_in, patch_flag):
     user_in("pm", "Rollout managers")
     login(page, "pm", "/flags/patch_mode_enabled/")
+    page.fill("#rollout-reason", "testing")
     page.on("dialog", lambda d: pytest.fail(f"unexpected dialog: {d.message}"))
     page.get_by_role("slider", name=re.compile("Rollout percentage")).focus()
     for _ in range(5):
@@ -76,6 +78,7 @@ def test_a_small_step_applies_without_asking(page, user_in, patch_flag):
 def test_a_conflicting_change_is_refused_with_who_and_the_current_value(page, user_in, patch_flag):
     user_in("pm", "Rollout managers")
     login(page, "pm", "/flags/patch_mode_enabled/")
+    page.fill("#rollout-reason", "testing")
     services.flag_set_rollout(flag="patch_mode_enabled", percentage=33, actor=Actor.system("release-bot"),
                               source=Source.API)
     page.get_by_role("slider", name=re.compile("Rollout percentage")).focus()

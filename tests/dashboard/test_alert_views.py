@@ -129,6 +129,7 @@ def test_moving_the_slider_pauses_a_running_plan_and_says_so(client_in, flag):
     assert response.status_code == 200
     plan = RolloutPlan.objects.get(flag=flag)
     assert plan.state == PlanState.PAUSED and "user-managers" in plan.status_note and "too hot" in plan.status_note
+    assert "(dashboard)" in plan.status_note  # sources read the same on every page
     panel = manager.get("/flags/patch_mode_enabled/plan").content.decode()
     assert 'id="plan-state">paused<' in panel and "too hot" in panel
 
@@ -157,14 +158,14 @@ def test_turning_a_flag_on_while_a_critical_guardrail_fires_needs_the_confirmati
     flag_services.flag_update(flag=flag, enabled=False, actor=Actor.system("ops"), source=Source.CLI)
     flag.refresh_from_db()
     version = flag.version
-    refused = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on"}, HTTP_HX_REQUEST="true")
+    refused = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on", "reason": "test"}, HTTP_HX_REQUEST="true")
     assert refused.status_code == 400
     assert "Patch Mode error rate above 5%" in refused.content.decode()
     flag.refresh_from_db()
     assert (flag.enabled, flag.version) == (False, version)
     page = manager.get(f"/flags/{flag.key}/").content.decode()
     assert "Turn patch_mode_enabled on anyway?" in page  # the dialog that is the confirmation names why
-    confirmed = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on", "confirmed": "yes"},
+    confirmed = manager.post(f"/flags/{flag.key}/enabled", {"enabled": "on", "confirmed": "yes", "reason": "test"},
                              HTTP_HX_REQUEST="true")
     assert confirmed.status_code == 200
     flag.refresh_from_db()
@@ -178,6 +179,7 @@ def test_the_episode_of_a_disabled_rule_resolves_and_stops_asking_for_confirmati
     assert not Alert.objects.filter(flag=flag, severity="critical", state__in=["firing", "acknowledged"]).exists()
     resolved = Alert.objects.get(pk=firing.pk)
     assert resolved.resolved_at == t + timedelta(minutes=5) and "rule was disabled" in resolved.message
-    response = client_in("Rollout managers").post(f"/flags/{flag.key}/rollout", {"rollout_percentage": "1"},
+    response = client_in("Rollout managers").post(f"/flags/{flag.key}/rollout",
+                                                  {"rollout_percentage": "1", "reason": "test"},
                                                   HTTP_HX_REQUEST="true")
     assert response.status_code == 200

@@ -234,7 +234,8 @@ def error_text(response) -> str:
 def slide(client: Client, flag, percentage: str, **extra: str):  # type: ignore[no-untyped-def]
     flag.refresh_from_db()
     return client.post(reverse("flags:rollout", args=[flag.key]),
-                       {"rollout_percentage": percentage, "expected_version": str(flag.version), **extra},
+                       {"rollout_percentage": percentage, "expected_version": str(flag.version), "reason": "test",
+                        **extra},
                        HTTP_HX_REQUEST="true")
 
 

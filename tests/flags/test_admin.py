@@ -177,6 +177,22 @@ def test_import_page_pasted_text_reports_and_writes_one_entry(admin_client, flag
     assert (entry.action, entry.source, entry.reason) == ("overrides_import", "admin", "beta")
 
 
+def test_import_page_defaults_are_a_valid_combination(admin_client, flag):
+    """The first submit with only ids pasted must work: the form starts on "add" to the allow list."""
+    import re
+
+    page = admin_client.get(lists_url(flag)).content.decode()
+    defaults = {}
+    for name, options in re.findall(r'<select name="(\w+)"[^>]*>(.*?)</select>', page, re.S):
+        values = re.findall(r'<option value="([^"]*)"([^>]*)>', options)
+        # What a browser submits: the selected option, else the first.
+        defaults[name] = next((value for value, attrs in values if "selected" in attrs), values[0][0])
+    assert defaults == {"operation": "add", "kind": "allow"}, defaults
+    response = admin_client.post(lists_url(flag), {**defaults, "text": "ann\nbob"})
+    assert response.status_code == 200 and 'id="report-changed">2<' in response.content.decode()
+    assert set(UserOverride.objects.filter(flag=flag, kind="allow").values_list("user_id", flat=True)) == {"ann", "bob"}
+
+
 def test_import_page_upload_with_invalid_lines_reports_line_numbers_and_changes_nothing(admin_client, flag):
     upload = SimpleUploadedFile("ids.csv", ("ok\n" + "y" * 256 + "\nfine\n").encode())
     response = admin_client.post(lists_url(flag), {"operation": "add", "kind": "deny", "file": upload})

@@ -102,9 +102,11 @@ def test_key_cannot_be_changed(flag, actor):
 
 def test_stale_version_is_a_conflict_naming_who_changed_it_and_nothing_changes(flag, actor):
     alice = Actor.system("alice")
-    services.flag_set_rollout(flag=flag, percentage=20, actor=alice, source=Source.UI, expected_version=1)
+    services.flag_set_rollout(flag=flag, percentage=20, actor=alice, source=Source.UI, reason="test",
+                              expected_version=1)
     with pytest.raises(services.VersionConflict) as caught:
-        services.flag_set_rollout(flag=flag, percentage=50, actor=actor, source=Source.UI, expected_version=1)
+        services.flag_set_rollout(flag=flag, percentage=50, actor=actor, source=Source.UI, reason="test",
+                                  expected_version=1)
     conflict = caught.value
     assert conflict.current_version == 2 and conflict.expected_version == 1
     assert "alice" in str(conflict) and "20.00" in str(conflict)
@@ -115,7 +117,7 @@ def test_stale_version_is_a_conflict_naming_who_changed_it_and_nothing_changes(f
 
 
 def test_matching_version_is_accepted(flag, actor):
-    services.flag_set_rollout(flag=flag, percentage=5, actor=actor, source=Source.UI, expected_version=1)
+    services.flag_set_rollout(flag=flag, percentage=5, actor=actor, source=Source.UI, reason="test", expected_version=1)
     flag.refresh_from_db()
     assert flag.version == 2
 
@@ -132,7 +134,7 @@ def test_reshuffling_changes_need_explicit_confirmation(flag, actor, field):
 
 
 def test_only_reduce_refuses_more_exposure(flag, actor):
-    services.flag_set_rollout(flag=flag, percentage=10, enabled=True, actor=actor, source=Source.UI)
+    services.flag_set_rollout(flag=flag, percentage=10, enabled=True, actor=actor, source=Source.UI, reason="test")
     with pytest.raises(ValidationError):
         services.flag_update(flag=flag, rollout_percentage=50, only_reduce=True, actor=actor, source=Source.ALERT)
     services.flag_update(flag=flag, rollout_percentage=5, only_reduce=True, actor=actor, source=Source.ALERT)
@@ -318,7 +320,8 @@ def test_two_concurrent_changes_from_the_same_version_one_wins_one_conflicts(mak
         try:
             barrier.wait()
             services.flag_set_rollout(
-                flag="race", percentage=percentage, actor=Actor.system(who), source=Source.UI, expected_version=1
+                flag="race", percentage=percentage, actor=Actor.system(who), source=Source.UI, reason="test",
+                expected_version=1,
             )
             outcomes.append("ok")
         except services.VersionConflict:
