@@ -129,3 +129,22 @@ def keep_the_test_connection(monkeypatch):
     fine and holds the test's transaction."""
     monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
     monkeypatch.setattr("api.snapshot._forget_connection", lambda: None)
+
+
+@pytest.fixture
+def client_in(django_user_model):
+    """A logged-in test client for a new user in `group` (None: in no group), named `username` or after the
+    group's last word ("user-managers", "user-viewers", "user-nogroup")."""
+    from django.contrib.auth.models import Group
+    from django.test import Client
+
+    def make(group: str | None, username: str = "") -> Client:
+        name = username or f"user-{group.split()[-1].lower() if group else 'nogroup'}"
+        user = django_user_model.objects.create_user(name, password="pw")
+        if group:
+            user.groups.add(Group.objects.get_or_create(name=group)[0])
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make

@@ -6,7 +6,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.test import Client
 
 from alerts import services as alert_services
@@ -17,18 +16,6 @@ from flags.models import AuditEntry, Flag, Source
 from tests.alerts import begin_stage, feed, minute_ago
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def client_in(django_user_model):
-    def make(group: str) -> Client:
-        user = django_user_model.objects.create_user(f"user-{group.split()[1]}", password="pw")
-        user.groups.add(Group.objects.get_or_create(name=group)[0])
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -22,19 +21,6 @@ pytestmark = pytest.mark.django_db
 
 AUDIT = "/audit/"
 HTMX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def client_in(django_user_model):
-    def make(group: str | None, username: str = "") -> Client:
-        user = django_user_model.objects.create_user(username or f"user-{group}", password="pw")
-        if group:
-            user.groups.add(Group.objects.get_or_create(name=group)[0])
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
 
 
 @pytest.fixture

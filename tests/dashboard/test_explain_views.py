@@ -6,8 +6,6 @@ import re
 from dataclasses import replace
 
 import pytest
-from django.contrib.auth.models import Group
-from django.test import Client
 
 from flags import evaluation, services
 from flags.evaluation import FlagConfig, Reason
@@ -90,19 +88,6 @@ def test_each_reason_is_told_in_words_with_its_code(flag, user_id, gets_it, reas
 
 
 # --- the view ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def client_in(django_user_model):
-    def make(group: str | None) -> Client:
-        user = django_user_model.objects.create_user(f"user-{group}", password="pw")
-        if group:
-            user.groups.add(Group.objects.get_or_create(name=group)[0])
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
 
 
 @pytest.fixture

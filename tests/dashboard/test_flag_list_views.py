@@ -6,9 +6,7 @@ import re
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from alerts.models import Alert, AlertRule, AlertState, Severity
@@ -22,19 +20,6 @@ pytestmark = pytest.mark.django_db
 NEW = "/flags/new"
 VALID = {"key": "checkout_redesign", "name": "Checkout redesign", "description": "One-page checkout",
          "treatment_mode": "patch", "baseline_mode": "single"}
-
-
-@pytest.fixture
-def client_in(django_user_model):
-    def make(group: str | None, username: str = "") -> Client:
-        user = django_user_model.objects.create_user(username or f"user-{group}", password="pw")
-        if group:
-            user.groups.add(Group.objects.get_or_create(name=group)[0])
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -40,20 +39,6 @@ def flag(actor):
     gets the flag) must come before the stages the tests begin in the past."""
     return flag_services.flag_create(key="patch_mode_enabled", actor=actor, source=Source.CLI,
                                      now=timezone.now() - timedelta(hours=5))
-
-
-@pytest.fixture
-def client_in(django_user_model):
-    def make(group: str | None, name: str | None = None) -> Client:
-        user = django_user_model.objects.create_user(name or f"user-{group or 'nogroup'}".replace(" ", "-"),
-                                                     password="pw")
-        if group:
-            user.groups.add(Group.objects.get_or_create(name=group)[0])
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
 
 
 def patch_failures(minute: datetime) -> int:
