@@ -17,6 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
@@ -110,7 +111,8 @@ def _window(request: HttpRequest) -> str:
 
 def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
     window = _window(request)
-    summary = metrics.summary(flag, window)
+    now = timezone.now()  # one moment for the numbers and the charts drawn from them
+    summary = metrics.summary(flag, window, now)
     return {
         "flag": flag,
         "can_manage": can_manage(request.user),
@@ -119,7 +121,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
         "summary": summary,
         "modes": [(mode, summary["modes"][mode]) for mode in (flag.treatment_mode, flag.baseline_mode)],
         "criteria": metrics.success_criteria(summary),
-        "chart_data": charts.chart_data(flag, window),
+        "chart_data": charts.chart_data(flag, window, now),
         "audit": selectors.audit_for_flag(flag, limit=15),
         "counts": selectors.override_counts(flag),
         "last_change": selectors.last_change(flag),
