@@ -8,8 +8,10 @@ for as long as the TCP connection lives. Two bounds keep evaluations answering:
 - **Slots.** DatabaseSlotsMiddleware lets at most DB_REQUEST_SLOTS requests per process use Django at
   once. A request that finds them all taken waits up to DB_SLOT_WAIT seconds, or not at all while a slot
   holder has been running for more than DB_SLOT_STUCK seconds (the database is slow: shedding at once is
-  kinder than queueing), then answers 503 with Retry-After (rolloutadmin/outage.py's answer). The server's
-  other threads stay free for evaluations: gunicorn runs 4 threads per worker, 2 slots by default.
+  kinder than queueing), then answers 503 with Retry-After (rolloutadmin/outage.py's answer). A person's
+  change from a page (the kill switch above all) waits up to DB_SLOT_WAIT_CHANGE instead, stuck or not, so
+  that the dashboard's own refreshes never shed it. The server's other threads stay free for evaluations:
+  gunicorn runs 4 threads per worker, 2 slots by default.
 - **A client-side deadline.** PostgreSQL's statement_timeout is enforced by the server, so it cannot end a
   wait on a server that does not answer, and libpq has no timeout for a query. A watchdog thread shuts the
   socket of any query running past its limit (DB_QUERY_DEADLINE, by default DB_STATEMENT_TIMEOUT_MS +
@@ -207,6 +209,12 @@ def _exempt(request: HttpRequest) -> bool:
     return routing.match((request.method or "GET").upper(), path) is not None
 
 
+def _person_changing(request: HttpRequest) -> bool:
+    """A change made from the dashboard or the admin: an unsafe method outside the machine APIs (/api/, where
+    ingestion arrives in volume and a client retries on 503 by itself)."""
+    return request.method not in {"GET", "HEAD", "OPTIONS", "TRACE"} and not request.path_info.startswith("/api/")
+
+
 class DatabaseSlotsMiddleware:
     """At most DB_REQUEST_SLOTS database-bound requests per process at once (see the module docstring).
     Place it after DatabaseOutageMiddleware, before anything that reads the session."""
@@ -217,12 +225,13 @@ class DatabaseSlotsMiddleware:
         self.slots = threading.BoundedSemaphore(self.size) if self.size > 0 else None
         self.wait = float(getattr(settings, "DB_SLOT_WAIT", 0.5))
         self.stuck = float(getattr(settings, "DB_SLOT_STUCK", 1.0))
+        self.change_wait = float(getattr(settings, "DB_SLOT_WAIT_CHANGE", 3.0))
         self.holders: dict[int, float] = {}  # thread id -> when it took its slot
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if self.slots is None or _exempt(request):
             return self.get_response(request)
-        if not self._acquire():
+        if not self._acquire(request):
             from .outage import outage_response
 
             metrics.db_request_shed()
@@ -241,10 +250,15 @@ class DatabaseSlotsMiddleware:
         started = min(self.holders.values(), default=None)
         return 0.0 if started is None else time.monotonic() - started
 
-    def _acquire(self) -> bool:
+    def _acquire(self, request: HttpRequest) -> bool:
         assert self.slots is not None
         if self.slots.acquire(blocking=False):
             return True
+        if _person_changing(request):
+            # Someone changing a flag from a page (the kill switch, above all) waits for a slot rather than
+            # being shed behind the dashboard's own refreshes; still bounded, so a hung database cannot
+            # hold the thread.
+            return self.slots.acquire(timeout=self.change_wait)
         if self._oldest_age() > self.stuck:
             return False  # the slots are held by requests stuck on the database: shed at once
         return self.slots.acquire(timeout=self.wait)

@@ -287,6 +287,9 @@ SNAPSHOT_STALE_AFTER = float(os.environ.get("SNAPSHOT_STALE_AFTER", "3"))
 DB_REQUEST_SLOTS = int(os.environ.get("DB_REQUEST_SLOTS", "2"))
 DB_SLOT_WAIT = float(os.environ.get("DB_SLOT_WAIT", "0.5"))
 DB_SLOT_STUCK = float(os.environ.get("DB_SLOT_STUCK", "1"))
+# A person's change from a page (POST outside /api/, the kill switch above all) waits up to this for a slot
+# instead of being shed behind the dashboard's refreshes.
+DB_SLOT_WAIT_CHANGE = float(os.environ.get("DB_SLOT_WAIT_CHANGE", "3"))
 # A web request's query that has waited this many seconds has its connection cut (a hung server never
 # enforces its own statement_timeout); 0: the statement timeout + 2 s (rolloutadmin/dbguard.py).
 DB_QUERY_DEADLINE = float(os.environ.get("DB_QUERY_DEADLINE", "0"))

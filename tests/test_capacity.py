@@ -228,6 +228,55 @@ def test_slots_shed_database_requests_at_once_when_the_holders_are_stuck_and_nev
     assert served.count("/api/v1/audit") == 0 and {"/healthz", "/metrics", OFREP} <= set(served)
 
 
+def test_a_persons_change_waits_for_a_slot_the_refreshes_hold_instead_of_being_shed(settings):
+    """The kill switch pressed while the dashboard's own refreshes hold every slot (slowly: past
+    DB_SLOT_STUCK) waits for one; the machine API's requests are shed at once as before."""
+    settings.DB_REQUEST_SLOTS = 2
+    settings.DB_SLOT_STUCK = 0.05
+    settings.DB_SLOT_WAIT = 5
+    settings.DB_SLOT_WAIT_CHANGE = 5
+    release = threading.Event()
+
+    def view(request):  # type: ignore[no-untyped-def]
+        if request.method == "GET":
+            release.wait(10)
+        return HttpResponse("ok")
+
+    middleware = dbguard.DatabaseSlotsMiddleware(view)
+    factory = RequestFactory()
+    with ThreadPoolExecutor(2) as pool:
+        refreshes = [pool.submit(middleware, factory.get("/flags/f/?partial=metrics")) for _ in range(2)]
+        assert wait_for(lambda: len(middleware.holders) == 2, 5)
+        time.sleep(0.1)  # past DB_SLOT_STUCK
+        assert middleware(factory.post("/api/v1/flags/f/overrides")).status_code == 503
+        threading.Timer(0.3, release.set).start()
+        started = time.monotonic()
+        assert middleware(factory.post("/flags/f/enabled", {"enabled": "off"})).status_code == 200
+        assert 0.2 < time.monotonic() - started < 4
+        assert all(f.result().status_code == 200 for f in refreshes)
+
+
+def test_a_persons_change_is_still_shed_after_its_own_bounded_wait(settings):
+    settings.DB_REQUEST_SLOTS = 1
+    settings.DB_SLOT_WAIT_CHANGE = 0.2
+    release = threading.Event()
+
+    def view(request):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        return HttpResponse("ok")
+
+    middleware = dbguard.DatabaseSlotsMiddleware(view)
+    factory = RequestFactory()
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(middleware, factory.get("/flags/"))
+        assert wait_for(lambda: middleware.holders, 5)
+        started = time.monotonic()
+        assert middleware(factory.post("/flags/f/enabled", {"enabled": "off"})).status_code == 503
+        assert time.monotonic() - started < 2
+        release.set()
+        assert holder.result().status_code == 200
+
+
 def test_a_request_waits_briefly_for_a_slot_freed_by_a_quick_one(settings):
     settings.DB_REQUEST_SLOTS = 1
     settings.DB_SLOT_STUCK = 5

@@ -277,8 +277,10 @@ def test_a_backtest_holds_no_lock_that_the_real_flag_or_other_changes_wait_for(f
         assert reached.wait(30), "the replay never acted"
         with connection.cursor() as cursor:
             cursor.execute("SET lock_timeout = '2s'")
-        flag_services.flag_update(flag=flag, rollout_percentage=5, actor=Actor.system("person"), source=Source.UI)
-        flag_services.flag_update(flag=other, rollout_percentage=7, actor=Actor.system("person"), source=Source.UI)
+        flag_services.flag_update(flag=flag, rollout_percentage=5, actor=Actor.system("person"), source=Source.UI,
+                                  reason="meanwhile")
+        flag_services.flag_update(flag=other, rollout_percentage=7, actor=Actor.system("person"), source=Source.UI,
+                                  reason="meanwhile")
     finally:
         release.set()
         thread.join(30)
