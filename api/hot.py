@@ -10,8 +10,9 @@ import hashlib
 import logging
 from typing import Any
 
+from flags import rules
 from flags.evaluation import Decision, FlagConfig, Reason, evaluate
-from flags.models import USER_ID_MAX_LENGTH
+from flags.rules import user_id_problem
 from rolloutadmin import metrics
 from rolloutadmin.outage import RETRY_AFTER_SECONDS
 
@@ -63,16 +64,24 @@ def _ofrep_context(req: Req, key: str | None) -> dict[str, Any] | Resp:
     return context
 
 
+# OFREP's wording of each problem (errorDetails), kept as the API has always answered.
+_TARGETING_KEY_DETAILS = {
+    rules.NOT_A_STRING: "targetingKey must be a string",
+    rules.TOO_LONG: f"targetingKey must be at most {rules.USER_ID_MAX_LENGTH} characters, no NUL",
+    rules.HAS_NUL: f"targetingKey must be at most {rules.USER_ID_MAX_LENGTH} characters, no NUL",
+    rules.LONE_SURROGATE: f"targetingKey {rules.LONE_SURROGATE}",  # parse_json refuses such a body first
+}
+
+
 def _targeting_key(context: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(user id, error code, details): the context's targetingKey, validated like a user id."""
     value = context.get("targetingKey")
-    if value is None or (isinstance(value, str) and not value.strip()):
+    problem = rules.BLANK if value is None else user_id_problem(value)
+    if problem is None:
+        return value, None, None
+    if problem == rules.BLANK:
         return None, "TARGETING_KEY_MISSING", "the context has no targetingKey (the user id)"
-    if not isinstance(value, str):
-        return None, "INVALID_CONTEXT", "targetingKey must be a string"
-    if len(value) > USER_ID_MAX_LENGTH or "\x00" in value:
-        return None, "INVALID_CONTEXT", f"targetingKey must be at most {USER_ID_MAX_LENGTH} characters, no NUL"
-    return value, None, None
+    return None, "INVALID_CONTEXT", _TARGETING_KEY_DETAILS[problem]
 
 
 def _ofrep_item(flag: FlagConfig, decision: Decision, public: bool = False) -> dict[str, Any]:
@@ -213,18 +222,6 @@ def validation_error(fields: dict[str, list[str]]) -> Resp:
     return api_error(400, "validation_failed", f"invalid input in: {names}", fields)
 
 
-def _user_id_problem(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return "must be a string"
-    if not value.strip():
-        return "must not be blank"
-    if len(value) > USER_ID_MAX_LENGTH:
-        return f"must be at most {USER_ID_MAX_LENGTH} characters"
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    return None
-
-
 def _decision_json(flag_key: str, user_id: str, decision: Decision) -> dict[str, Any]:
     return {
         "flag": flag_key,
@@ -253,7 +250,7 @@ def evaluate_one(req: Req, key: str) -> Resp:
     if denied is not None:
         return denied
     user_id = req.param("user_id")
-    problem = "is required" if user_id is None else _user_id_problem(user_id)
+    problem = "is required" if user_id is None else user_id_problem(user_id)
     if problem:
         return validation_error({"user_id": [problem]})
     snapshot = store.get()
@@ -293,7 +290,7 @@ def evaluate_many(req: Req) -> Resp:
         user_ids = []
     else:
         for index, value in enumerate(user_ids):
-            problem = _user_id_problem(value)
+            problem = user_id_problem(value)
             if problem:
                 fields[f"user_ids[{index}]"] = [problem]
     snapshot = store.get()

@@ -8,27 +8,24 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
-from . import evaluation
+from . import evaluation, rules
+from .rules import KEY_MAX_LENGTH, MODE_MAX_LENGTH, USER_ID_MAX_LENGTH
 
 KEY_VALIDATOR = RegexValidator(
-    r"^[a-z0-9][a-z0-9_-]*\Z",
+    rules.SLUG_PATTERN,
     "Use lowercase letters, digits, underscores and hyphens, starting with a letter or digit.",
 )
 MODE_VALIDATOR = RegexValidator(
-    r"^[a-z0-9][a-z0-9_-]*\Z", "A mode is a slug: lowercase letters, digits, underscores and hyphens."
+    rules.SLUG_PATTERN, "A mode is a slug: lowercase letters, digits, underscores and hyphens."
 )
-USER_ID_MAX_LENGTH = 255
 
 
 def validate_user_id(value: str) -> None:
-    if not isinstance(value, str):
-        raise ValidationError("A user id must be a string.", code="invalid")
-    if value.strip() == "":
-        raise ValidationError("A user id must not be blank.", code="blank")
-    if len(value) > USER_ID_MAX_LENGTH:
-        raise ValidationError(f"A user id has at most {USER_ID_MAX_LENGTH} characters.", code="max_length")
-    if "\x00" in value:
-        raise ValidationError("A user id must not contain NUL characters.", code="invalid")
+    """The model's (and every form's) wording of flags.rules.user_id_problem."""
+    problem = rules.user_id_problem(value)
+    if problem is not None:
+        message, code = rules.USER_ID_SENTENCES[problem]
+        raise ValidationError(message, code=code)
 
 
 # The settings that decide who gets a flag: a change to any of them starts a new rollout stage, and the
@@ -43,7 +40,7 @@ class Bucketing(models.TextChoices):
 
 class Flag(models.Model):
     key = models.CharField(
-        max_length=100,
+        max_length=KEY_MAX_LENGTH,
         unique=True,
         validators=[KEY_VALIDATOR],
         help_text="Immutable once created: services ask for the flag by this key.",
@@ -80,8 +77,8 @@ class Flag(models.Model):
         "each user's answer become visible to anyone who loads that page.",
     )
     version = models.PositiveBigIntegerField(default=1, editable=False)
-    treatment_mode = models.CharField(max_length=50, default="patch", validators=[MODE_VALIDATOR])
-    baseline_mode = models.CharField(max_length=50, default="single", validators=[MODE_VALIDATOR])
+    treatment_mode = models.CharField(max_length=MODE_MAX_LENGTH, default="patch", validators=[MODE_VALIDATOR])
+    baseline_mode = models.CharField(max_length=MODE_MAX_LENGTH, default="single", validators=[MODE_VALIDATOR])
     created_at = models.DateTimeField(auto_now_add=True)
     # Set by the services (flags.services._bump) from their `now`, so a simulated check records its time.
     updated_at = models.DateTimeField(default=timezone.now)
@@ -179,7 +176,7 @@ class AuditEntry(models.Model):
     actor = models.CharField(max_length=200)
     source = models.CharField(max_length=10, choices=Source.choices)
     flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="audit_entries")
-    flag_key = models.CharField(max_length=100, db_index=True)
+    flag_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True)
     action = models.CharField(max_length=40)
     before = models.JSONField(default=dict, blank=True)
     after = models.JSONField(default=dict, blank=True)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from flags.rules import KEY_MAX_LENGTH, MODE_MAX_LENGTH, USER_ID_MAX_LENGTH
+
 
 class ExecutionRecord(models.Model):
     """One call of the assistant in some mode (the seed's recordPatchModeExecution / recordSingleMode...)."""
@@ -10,10 +12,11 @@ class ExecutionRecord(models.Model):
         max_length=100, null=True, blank=True, unique=True,
         help_text="Chosen by the sender: a retried record with the same id counts once.",
     )
-    user_id = models.CharField(max_length=255)
-    mode = models.CharField(max_length=50)
-    flag_key = models.CharField(max_length=100, blank=True, help_text="Empty: counts for every flag comparing "
-                                                                      "this mode.")
+    user_id = models.CharField(max_length=USER_ID_MAX_LENGTH)
+    mode = models.CharField(max_length=MODE_MAX_LENGTH)
+    flag_key = models.CharField(
+        max_length=KEY_MAX_LENGTH, blank=True, help_text="Empty: counts for every flag comparing this mode."
+    )
     latency_ms = models.FloatField()
     tokens_used = models.BigIntegerField()
     success = models.BooleanField()
@@ -41,8 +44,8 @@ class Rollup(models.Model):
     HOUR = 3600
 
     resolution = models.PositiveIntegerField(choices=[(MINUTE, "minute"), (HOUR, "hour")])
-    flag_key = models.CharField(max_length=100, blank=True)
-    mode = models.CharField(max_length=50)
+    flag_key = models.CharField(max_length=KEY_MAX_LENGTH, blank=True)
+    mode = models.CharField(max_length=MODE_MAX_LENGTH)
     bucket_start = models.DateTimeField()
     calls = models.BigIntegerField(default=0)
     successes = models.BigIntegerField(default=0)

@@ -8,7 +8,6 @@ RETURNING, so a retried batch adds nothing twice, to the raw table or to the rol
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from flags.rules import USER_ID_MAX_LENGTH, is_flag_key, is_mode, user_id_problem
 from rolloutadmin import metrics
 
 from . import histogram
@@ -28,7 +28,8 @@ from .selectors import Totals
 
 MAX_RECORDS = 5000
 MAX_FUTURE = timedelta(minutes=5)
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
+# Ingestion's own wording (the 400's `reason`) of a flags.rules.user_id_problem, whichever it is.
+USER_ID_REASON = f"required: a non-blank string of at most {USER_ID_MAX_LENGTH} characters"
 FIELDS = {"id", "user_id", "mode", "latency_ms", "tokens_used", "success", "patch_count", "failed_patches", "flag",
           "occurred_at"}
 # Per record: far beyond any real call, and small enough that a rollup's 64-bit sums cannot overflow and
@@ -107,11 +108,10 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
     for name in sorted(set(raw) - FIELDS):
         problems.append((name, "unknown field"))
     user_id = raw.get("user_id")
-    if (not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id
-            or not _utf8(user_id)):
-        problems.append(("user_id", "required: a non-blank string of at most 255 characters"))
+    if user_id_problem(user_id) is not None:
+        problems.append(("user_id", USER_ID_REASON))
     mode = raw.get("mode")
-    if not isinstance(mode, str) or len(mode) > 50 or not SLUG.match(mode):
+    if not is_mode(mode):
         problems.append(("mode", "required: a slug such as patch or single (lowercase, digits, _ and -)"))
     latency = raw.get("latency_ms")
     if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not _in_range(latency, 0, 1e9):
@@ -135,7 +135,7 @@ def _one(index: int, raw: Any, now: datetime) -> tuple[Clean | None, list[Record
     flag = raw.get("flag")
     if flag is None:
         flag = ""
-    elif not isinstance(flag, str) or len(flag) > 100 or (flag and not SLUG.match(flag)):
+    elif flag != "" and not is_flag_key(flag):
         problems.append(("flag", "must be a flag key, or left out"))
     client_id = raw.get("id")
     if client_id is not None and (not isinstance(client_id, str) or not client_id.strip() or len(client_id) > 100
