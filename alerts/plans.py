@@ -33,11 +33,17 @@ from . import guardrails, health
 from .models import DEFAULT_STAGES, PlanStage, PlanState, RolloutPlan, Severity
 
 PLAN_ACTOR = Actor.system("rollout-plan")
+# A flag has at most one plan in these states (plan_create refuses a second one).
+OPEN_PLAN_STATES = (PlanState.DRAFT, PlanState.RUNNING, PlanState.PAUSED)
 
 
 @transaction.atomic
 def plan_create(*, flag: Flag, created_by: str, stages: list[tuple[Any, int]] | None = None,
                 min_samples: int = 100, advance_below: Any = "2", rollback_above: Any = "5") -> RolloutPlan:
+    """A draft plan for the flag, which may have only one plan in draft, running or paused at a time."""
+    Flag.objects.select_for_update().get(pk=flag.pk)  # two creations at once: the second waits, then sees the first
+    if RolloutPlan.objects.filter(flag=flag, state__in=OPEN_PLAN_STATES).exists():
+        raise ValidationError("this flag already has a plan in draft, running or paused")
     stages = stages or DEFAULT_STAGES
     errors: dict[str, list[str]] = {}
     clean: list[tuple[Decimal, int]] = []

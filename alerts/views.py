@@ -97,8 +97,6 @@ def plan_action(request: HttpRequest, key: str) -> HttpResponse:
     status = 200
     try:
         if action == "create":
-            if plans.active_plan(flag) or RolloutPlan.objects.filter(flag=flag, state=PlanState.DRAFT).exists():
-                raise ValidationError("this flag already has a plan in draft, running or paused")
             plans.plan_create(flag=flag, created_by=actor.name)
             message = "Draft plan created: 10% → 20% → 50% → 100%, one week each."
         elif action in PLAN_ACTIONS:

@@ -136,8 +136,10 @@ def _json_object(req: Req, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def _flag_json(flag: Flag) -> dict[str, Any]:
-    counts = selectors.override_counts(flag)
+def _flag_json(flag: Flag, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """The API's view of a flag; `counts` (its list sizes, selectors.override_counts) when already read."""
+    if counts is None:
+        counts = selectors.override_counts(flag)
     return {
         "key": flag.key,
         "name": flag.name,
@@ -166,7 +168,9 @@ def _get_flag(key: str) -> Flag:
 
 @api_view("manage", ("GET",))
 def flags_list(req: Req, actor: Actor) -> Resp:
-    return Resp.json(200, {"results": [_flag_json(flag) for flag in Flag.objects.all()]})
+    flags = list(Flag.objects.all())
+    counts = selectors.override_counts_by_flag(flags)
+    return Resp.json(200, {"results": [_flag_json(flag, counts[flag.pk]) for flag in flags]})
 
 
 @api_view("manage", ("GET", "PATCH"))
@@ -281,7 +285,7 @@ def overrides(req: Req, actor: Actor, key: str) -> Resp:
         unchanged_name: report.unchanged,
         "duplicates": report.duplicates,
         "conflicts": [{"user_id": user_id, "list": other} for _pos, user_id, other in report.conflicts],
-        "version": Flag.objects.values_list("version", flat=True).get(pk=flag.pk),
+        "version": report.flag.version if report.flag else flag.version,
     })
 
 

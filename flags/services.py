@@ -313,6 +313,23 @@ def require_reason(*, source: str, reason: str, turning_off: bool = False) -> No
         raise ValidationError({"reason": "Give a reason: it is kept in the audit log with the change."})
 
 
+# A raise by more than this many points of rollout asks for confirmation first (the dashboard's slider gets it
+# from here, as data-big-step).
+ROLLOUT_BIG_STEP = Decimal(25)
+
+
+def rollout_needs_confirmation(*, current: Decimal, target: Decimal, firing: str = "") -> str | None:
+    """Why moving the rollout from `current` to `target` percent must be confirmed first, or None.
+
+    Raising by more than ROLLOUT_BIG_STEP points, raising to 100%, or any raise while a critical guardrail
+    fires (`firing`: the caller's alerts.health.firing_reason, or "" when none fires) needs confirmation.
+    Lowering, or keeping the value, never does."""
+    if target <= current or not (target - current > ROLLOUT_BIG_STEP or target == 100 or firing):
+        return None
+    why = f" ({firing})" if firing else ""
+    return f"Raising the rollout from {current}% to {target}% needs confirmation{why}."
+
+
 def _describe_action(changed: dict[str, tuple[Any, Any]]) -> str:
     if set(changed) == {"enabled"}:
         return "enable" if changed["enabled"][1] else "disable"
@@ -603,6 +620,7 @@ class BulkReport:
     conflicts: list[tuple[int, str, str]] = field(default_factory=list)  # (line, user id, other list)
     invalid: list[tuple[int, str, str]] = field(default_factory=list)
     applied: bool = False
+    flag: Flag | None = None  # the flag as the request left it (its new version), read under its row lock
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -655,7 +673,7 @@ def overrides_import(
     _check_text("reason", reason, 10_000)
     parsed = _parse_input(text, user_ids)
     report = _report_for("overrides_import", kind, parsed)
-    locked = _lock(flag)
+    locked = report.flag = _lock(flag)
     if parsed.invalid:
         return report
     existing = dict(UserOverride.objects.filter(flag=locked).values_list("user_id", "kind"))
@@ -711,7 +729,7 @@ def overrides_bulk_remove(
         kind = _clean_kind(kind)
     parsed = _parse_input(text, user_ids)
     report = _report_for("overrides_bulk_remove", kind, parsed)
-    locked = _lock(flag)
+    locked = report.flag = _lock(flag)
     if parsed.invalid:
         return report
     existing = dict(UserOverride.objects.filter(flag=locked).values_list("user_id", "kind"))

@@ -8,7 +8,7 @@ and keep lists. Everyone else gets 403.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
@@ -31,7 +31,6 @@ from .models import Flag, Source
 
 VIEWERS = "Rollout viewers"
 MANAGERS = "Rollout managers"
-BIG_STEP = Decimal(25)
 SESSION_ENDED = "Your session has ended: log in again, then retry. Nothing was changed."
 
 # The dashboard runs no inline script or style, so it can always send a strict policy.
@@ -114,8 +113,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
     now = timezone.now()  # one moment for the numbers and the charts drawn from them
     summary = metrics.summary(flag, window, now)
     return {
-        "flag": flag,
-        "can_manage": can_manage(request.user),
+        **_controls_context(request, flag),
         "window": window,
         "windows": list(metrics.WINDOWS),
         "summary": summary,
@@ -124,9 +122,6 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
         "chart_data": charts.chart_data(flag, window, now),
         "audit": selectors.audit_for_flag(flag, limit=15),
         "counts": selectors.override_counts(flag),
-        "last_change": selectors.last_change(flag),
-        "firing": _firing(flag),
-        "reason_required": settings.DASHBOARD_REASON_REQUIRED,
         **extra,
     }
 
@@ -150,9 +145,15 @@ def _firing(flag: Flag) -> str:
     return health.firing_reason(firing) if firing else ""
 
 
+def _controls_context(request: HttpRequest, flag: Flag) -> dict[str, Any]:
+    """What the controls partial needs, on the full page and in every answer to a control."""
+    return {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
+            "firing": _firing(flag), "reason_required": settings.DASHBOARD_REASON_REQUIRED,
+            "big_step": services.ROLLOUT_BIG_STEP}
+
+
 def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
-    context = {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
-               "firing": _firing(flag), "reason_required": settings.DASHBOARD_REASON_REQUIRED, **extra}
+    context = {**_controls_context(request, flag), **extra}
     response = render(request, "flags/flag_detail.html#controls", context, status=status)
     if extra.get("changed"):
         trigger_client_event(response, "flag-changed", {"version": flag.version})
@@ -165,11 +166,21 @@ def _expected_version(request: HttpRequest) -> int | None:
     return int(raw) if re.fullmatch(r"[0-9]{1,18}", raw) else None
 
 
+def _write(request: HttpRequest, flag: Flag, service: Callable[..., Flag], **kwargs: Any) -> Flag | HttpResponse:
+    """Apply a change from the controls as the request's user: the changed flag, or the panel that refuses
+    it (409 with the current state when the flag has moved on, 400 when the change is invalid)."""
+    try:
+        return service(flag=flag, actor=Actor.for_user(request.user), source=Source.UI, **kwargs)
+    except services.VersionConflict as exc:
+        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
+    except ValidationError as exc:
+        return _controls(request, flag, status=400, error=" ".join(exc.messages))
+
+
 @require_POST
 @manager_required("change a rollout")
 def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
-    """The slider, applied on release. A jump of more than 25 points, or to 100%, or any raise while a
-    critical guardrail fires, must be confirmed."""
+    """The slider, applied on release. A big raise must be confirmed (services.rollout_needs_confirmation)."""
     flag = flag_or_404(key)
     try:
         target = services.parse_percentage(request.POST.get("rollout_percentage", ""))
@@ -188,22 +199,15 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
             services.require_reason(source=Source.UI, reason=reason)
         except ValidationError as exc:
             return _controls(request, flag, status=400, error=" ".join(exc.message_dict["reason"]))
-    firing = _firing(flag) if target > current else ""
-    needs_confirmation = target > current and (target - current > BIG_STEP or target == 100 or bool(firing))
-    if needs_confirmation and request.POST.get("confirmed") != "yes":
-        why = f" ({firing})" if firing else ""
-        return _controls(request, flag, status=400,
-                         error=f"Raising the rollout from {current}% to {target}% needs confirmation{why}.")
-    try:
-        flag = services.flag_set_rollout(
-            flag=flag, percentage=target, actor=Actor.for_user(request.user), source=Source.UI,
-            reason=reason, expected_version=expected,
-        )
-    except services.VersionConflict as exc:
-        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
-    except ValidationError as exc:
-        return _controls(request, flag, status=400, error=" ".join(exc.messages))
-    return _controls(request, flag, changed=True, message=f"Rollout set to {flag.rollout_percentage}%.")
+    unconfirmed = services.rollout_needs_confirmation(
+        current=current, target=target, firing=_firing(flag) if target > current else "")
+    if unconfirmed and request.POST.get("confirmed") != "yes":
+        return _controls(request, flag, status=400, error=unconfirmed)
+    written = _write(request, flag, services.flag_set_rollout, percentage=target, reason=reason,
+                     expected_version=expected)
+    if isinstance(written, HttpResponse):
+        return written
+    return _controls(request, written, changed=True, message=f"Rollout set to {written.rollout_percentage}%.")
 
 
 @require_POST
@@ -227,19 +231,14 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
     # records the state it overrode). Turning it on still needs the version the page showed.
     expected = _expected_version(request) if wanted == "on" else None
     was = flag.version
-    try:
-        flag = services.flag_update(
-            flag=flag, enabled=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
-            reason=reason, expected_version=expected,
-        )
-    except services.VersionConflict as exc:
-        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
-    except ValidationError as exc:
-        return _controls(request, flag, status=400, error=" ".join(exc.messages))
-    if flag.version == was:
-        return _controls(request, flag, message=f"Flag already {'enabled' if flag.enabled else 'disabled'}.")
-    state = "enabled" if flag.enabled else "disabled (kill switch)"
-    return _controls(request, flag, changed=True, message=f"Flag {state}.")
+    written = _write(request, flag, services.flag_update, enabled=wanted == "on", reason=reason,
+                     expected_version=expected)
+    if isinstance(written, HttpResponse):
+        return written
+    if written.version == was:
+        return _controls(request, written, message=f"Flag already {'enabled' if written.enabled else 'disabled'}.")
+    state = "enabled" if written.enabled else "disabled (kill switch)"
+    return _controls(request, written, changed=True, message=f"Flag {state}.")
 
 
 @require_POST
@@ -250,14 +249,10 @@ def flag_client_side(request: HttpRequest, key: str) -> HttpResponse:
     wanted = request.POST.get("client_side")
     if wanted not in {"on", "off"}:
         return _controls(request, flag, status=400, error="client_side must be on or off.")
-    try:
-        flag = services.flag_update(
-            flag=flag, client_side=wanted == "on", actor=Actor.for_user(request.user), source=Source.UI,
-            reason=request.POST.get("reason", "").strip()[:1000], expected_version=_expected_version(request),
-        )
-    except services.VersionConflict as exc:
-        return _controls(request, exc.flag, status=409, error=f"Refused: {exc}")
-    except ValidationError as exc:
-        return _controls(request, flag, status=400, error=" ".join(exc.messages))
-    state = "evaluable by client keys (browsers)" if flag.client_side else "server-side only"
-    return _controls(request, flag, changed=True, message=f"Flag now {state}.")
+    written = _write(request, flag, services.flag_update, client_side=wanted == "on",
+                     reason=request.POST.get("reason", "").strip()[:1000],
+                     expected_version=_expected_version(request))
+    if isinstance(written, HttpResponse):
+        return written
+    state = "evaluable by client keys (browsers)" if written.client_side else "server-side only"
+    return _controls(request, written, changed=True, message=f"Flag now {state}.")

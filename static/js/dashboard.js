@@ -9,8 +9,6 @@
 (function () {
   "use strict";
 
-  var BIG_STEP = 25;
-
   // --- rollout slider: live value while moving, applied on release (the change event) ---
   function initSlider(root) {
     var slider = root.querySelector ? root.querySelector("#rollout-slider") : null;
@@ -20,6 +18,9 @@
     var form = document.getElementById("rollout-form");
     var reason = document.getElementById("rollout-reason");
     var current = parseFloat(slider.dataset.current);
+    // The server's rule (flags.services.rollout_needs_confirmation) sets the step; without one, every raise asks.
+    var bigStep = parseFloat(slider.dataset.bigStep);
+    if (isNaN(bigStep)) bigStep = 0;
     slider.addEventListener("input", function () {
       output.textContent = slider.value + "%";
     });
@@ -61,7 +62,7 @@
       var confirmed = form.querySelector("[data-confirmed]");
       confirmed.value = "";
       var firing = slider.dataset.firing || "";
-      if (target > current && (target - current > BIG_STEP || target === 100 || firing)) {
+      if (target > current && (target - current > bigStep || target === 100 || firing)) {
         var ok = window.confirm("Raise the rollout from " + current + "% to " + target + "%? " +
           (firing ? "A " + firing + "." : "That exposes many more users at once."));
         if (!ok) {

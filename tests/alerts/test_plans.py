@@ -47,6 +47,13 @@ def start(flag: Flag, t0: datetime, **kwargs) -> RolloutPlan:  # type: ignore[no
     return plans.plan_start(plan=plan, actor=ALICE, now=t0)
 
 
+def admin_made_plan(flag: Flag) -> RolloutPlan:
+    """A draft plan made in the admin, which does not go through plan_create."""
+    plan = RolloutPlan.objects.create(flag=flag, created_by="admin")
+    plan.stages.create(order=0, percentage=Decimal(10), min_duration_minutes=60)
+    return plan
+
+
 def feed_many(*, calls: int, failures: int = 0, mode: str = "patch", at: datetime, latency_ms: float = 100.0,
               tokens: int = 800) -> None:
     """Like feed, in chunks of the ingest's batch limit, failures spread over the chunks."""
@@ -178,7 +185,7 @@ def test_a_flag_has_only_one_running_or_paused_plan(flag, t0, pause_first):
     first = start(flag, t0)
     if pause_first:
         plans.plan_pause(plan=first, actor=ALICE, now=t0 + MINUTE)
-    second = plans.plan_create(flag=flag, created_by="bob")
+    second = admin_made_plan(flag)  # plan_create would refuse it (see the next test)
     with pytest.raises(ValidationError) as caught:
         plans.plan_start(plan=second, actor=BOB, now=t0 + 2 * MINUTE)
     assert "already has a running or paused plan" in str(caught.value.message_dict["state"])
@@ -186,6 +193,30 @@ def test_a_flag_has_only_one_running_or_paused_plan(flag, t0, pause_first):
     assert second.state == PlanState.DRAFT
     plans.plan_abort(plan=first, actor=ALICE, now=t0 + 3 * MINUTE)
     assert plans.plan_start(plan=second, actor=BOB, now=t0 + 4 * MINUTE).state == PlanState.RUNNING
+
+
+@pytest.mark.parametrize("state", ["draft", "running", "paused"])
+def test_plan_create_refuses_a_second_plan_while_one_is_draft_running_or_paused(flag, t0, state):
+    first = plans.plan_create(flag=flag, created_by="alice")
+    if state != "draft":
+        plans.plan_start(plan=first, actor=ALICE, now=t0)
+    if state == "paused":
+        plans.plan_pause(plan=first, actor=ALICE, now=t0 + MINUTE)
+    with pytest.raises(ValidationError) as caught:
+        plans.plan_create(flag=flag, created_by="bob")
+    assert caught.value.messages == ["this flag already has a plan in draft, running or paused"]
+    assert list(RolloutPlan.objects.filter(flag=flag)) == [first]
+
+
+@pytest.mark.parametrize("end", ["abort", "complete"])
+def test_plan_create_makes_a_new_plan_once_the_last_one_has_ended(flag, t0, end):
+    first = start(flag, t0, stages=[(10, 0)])
+    if end == "abort":
+        plans.plan_abort(plan=first, actor=ALICE, now=t0 + MINUTE)
+    else:
+        RolloutPlan.objects.filter(pk=first.pk).update(state=PlanState.COMPLETED)
+    second = plans.plan_create(flag=flag, created_by="bob")
+    assert second.state == PlanState.DRAFT and second.pk != first.pk
 
 
 def test_plans_of_different_flags_run_side_by_side(make_flag, t0):
@@ -552,7 +583,8 @@ def test_a_manual_rollout_change_pauses_the_running_plan_naming_who_at_the_chang
                          now=changed_at)
     plan.refresh_from_db()
     assert plan.state == PlanState.PAUSED
-    assert plan.status_note == f"paused: bob ({source}) changed the flag: too many tickets"
+    # The source by its name, as every page says it ("dashboard", "command line").
+    assert plan.status_note == f"paused: bob ({Source(source).label}) changed the flag: too many tickets"
     healthy(t0 + timedelta(days=1))
     assert tick_after(plan, WEEK + MINUTE) == {"decision": "not running"}
     assert rollout(flag) == 5  # the plan does not raise back what a person lowered
@@ -671,7 +703,8 @@ def test_an_alert_cap_below_the_stage_pauses_the_plan(flag, t0):
     assert "rollout reduced from 10.00% to 5.00%" in result.actions
     plan.refresh_from_db()
     assert plan.state == PlanState.PAUSED
-    assert plan.status_note.startswith(f"paused: alert-rule:{result.rule.pk} ") and "(alert)" in plan.status_note
+    assert plan.status_note.startswith(f"paused: alert-rule:{result.rule.pk} ")
+    assert "(alert remediation)" in plan.status_note
     assert rollout(flag) == 5
 
 

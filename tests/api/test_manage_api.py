@@ -10,6 +10,8 @@ import time
 from datetime import UTC, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern
 from django.urls.resolvers import RoutePattern
 from django.utils import timezone
@@ -115,6 +117,21 @@ def test_flag_list_shows_every_flag_with_its_state(api, flag, make_flag, actor):
         assert item["deny_count"] == UserOverride.objects.filter(flag=db, kind="deny").count()
     assert (results["beta_search"]["rollout_percentage"], results["beta_search"]["allow_count"],
             results["beta_search"]["deny_count"]) == (12.5, 1, 2)
+
+
+def test_flag_list_runs_the_same_number_of_queries_for_any_number_of_flags(api, flag, make_flag, actor,
+                                                                          django_assert_max_num_queries):
+    add(actor, "vip", "allow")
+    assert api.get("/api/v1/flags").status_code == 200  # the first request may do one-off work (the key's use)
+    with CaptureQueriesContext(connection) as one_flag:
+        assert len(api.get("/api/v1/flags").json()["results"]) == 1
+    for n in range(8):
+        make_flag(f"more_flag_{n}")
+        add(actor, f"user-{n}", "deny", f"more_flag_{n}")
+    with django_assert_max_num_queries(len(one_flag)):
+        results = api.get("/api/v1/flags").json()["results"]
+    assert len(results) == 9
+    assert {item["key"]: (item["allow_count"], item["deny_count"]) for item in results}["more_flag_3"] == (0, 1)
 
 
 def test_flag_detail_has_an_etag_of_its_version_in_quotes(api, flag, actor):

@@ -106,6 +106,18 @@ def test_unknown_plan_action_is_400_and_viewers_get_403(client_in, flag):
     assert not RolloutPlan.objects.exists()
 
 
+@pytest.mark.parametrize("then", ["", "start", "pause"])
+def test_a_second_plan_is_refused_while_one_is_draft_running_or_paused(client_in, flag, then):
+    manager = client_in("Rollout managers")
+    plan_post(manager, "create")
+    for action in {"": [], "start": ["start"], "pause": ["start", "pause"]}[then]:
+        assert plan_post(manager, action).status_code == 200
+    response = plan_post(manager, "create")
+    assert response.status_code == 400 and "HX-Trigger" not in response
+    assert "this flag already has a plan in draft, running or paused" in response.content.decode()
+    assert RolloutPlan.objects.filter(flag=flag).count() == 1
+
+
 def test_moving_the_slider_pauses_a_running_plan_and_says_so(client_in, flag):
     manager = client_in("Rollout managers")
     plan_post(manager, "create")

@@ -346,3 +346,60 @@ def test_ensure_default_flag_creates_patch_mode_once_disabled_at_zero(db):
     assert (created.enabled, created.rollout_percentage) == (False, Decimal("0.00"))
     assert services.ensure_default_flag() is None
     assert Flag.objects.count() == 1
+
+
+# --- the rollout confirmation rule (the slider asks first; the dashboard view refuses without it) ---------
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [("10", "35"), ("0", "25"), ("74.99", "99.99"), ("50", "50"), ("50", "10"), ("100", "0"), ("0", "0.01")],
+)
+def test_a_raise_of_at_most_25_points_below_100_or_any_lowering_needs_no_confirmation(current, target):
+    assert services.rollout_needs_confirmation(current=Decimal(current), target=Decimal(target)) is None
+
+
+@pytest.mark.parametrize(("current", "target"), [("10", "35.01"), ("0", "25.01"), ("0", "50"), ("99", "100"),
+                                                 ("99.99", "100"), ("75", "100"), ("0", "100")])
+def test_a_raise_of_more_than_25_points_or_to_100_needs_confirmation(current, target):
+    why = services.rollout_needs_confirmation(current=Decimal(current), target=Decimal(target))
+    assert why == f"Raising the rollout from {current}% to {target}% needs confirmation."
+
+
+@pytest.mark.parametrize(("current", "target"), [("10", "10.01"), ("0", "1"), ("40", "60")])
+def test_any_raise_while_a_critical_guardrail_fires_needs_confirmation_naming_it(current, target):
+    firing = "critical guardrail firing: Patch Mode error rate above 5%"
+    why = services.rollout_needs_confirmation(current=Decimal(current), target=Decimal(target), firing=firing)
+    assert why == f"Raising the rollout from {current}% to {target}% needs confirmation ({firing})."
+
+
+@pytest.mark.parametrize(("current", "target"), [("50", "10"), ("50", "50"), ("100", "0")])
+def test_lowering_or_keeping_never_needs_confirmation_even_while_a_guardrail_fires(current, target):
+    assert services.rollout_needs_confirmation(current=Decimal(current), target=Decimal(target),
+                                               firing="critical guardrail firing") is None
+
+
+# --- bulk list changes report the flag as they left it ------------------------------------------------------
+
+
+def test_bulk_import_and_removal_report_the_flags_new_version(flag, actor):
+    report = services.overrides_import(flag=flag.key, kind="allow", user_ids=["u1", "u2"], actor=actor,
+                                       source=Source.CLI)
+    assert report.flag is not None and report.flag.version == Flag.objects.get(pk=flag.pk).version == flag.version + 1
+    again = services.overrides_import(flag=flag.key, kind="allow", user_ids=["u1"], actor=actor, source=Source.CLI)
+    assert again.changed == 0 and again.flag is not None and again.flag.version == flag.version + 1
+    removed = services.overrides_bulk_remove(flag=flag.key, user_ids=["u1"], actor=actor, source=Source.CLI)
+    assert removed.flag is not None and removed.flag.version == Flag.objects.get(pk=flag.pk).version == flag.version + 2
+
+
+def test_override_counts_count_each_list_and_every_flag_in_one_query(make_flag, actor, django_assert_num_queries):
+    one, two, empty = make_flag("one_flag"), make_flag("two_flag"), make_flag("empty_flag")
+    services.overrides_import(flag=one.key, kind="allow", user_ids=["a", "b"], actor=actor, source=Source.CLI)
+    services.overrides_import(flag=one.key, kind="deny", user_ids=["c"], actor=actor, source=Source.CLI)
+    services.overrides_import(flag=two.key, kind="deny", user_ids=["d", "e", "f"], actor=actor, source=Source.CLI)
+    with django_assert_num_queries(1):
+        counts = selectors.override_counts_by_flag([one, two, empty])
+    assert counts == {one.pk: {"allow": 2, "deny": 1}, two.pk: {"allow": 0, "deny": 3},
+                      empty.pk: {"allow": 0, "deny": 0}}
+    with django_assert_num_queries(1):
+        assert selectors.override_counts(two) == {"allow": 0, "deny": 3}
