@@ -20,6 +20,10 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 # data. Tests of serving mode turn it on explicitly; the live servers the tests start run it by default.
 settings.SNAPSHOT_BACKGROUND = False
 settings.SNAPSHOT_PERSIST = False
+# The in-process live server (browser tests) is one process serving a whole page's parallel panel loads on a
+# noisy CI machine: with production's 2 slots it shed panels at random. Its slots are not under test there;
+# tests/test_capacity.py tests the slots with their own settings and real gunicorn servers.
+settings.DB_REQUEST_SLOTS = 16
 
 # The production WSGI callable, imported once before any test: the import sets Django up again, logging
 # included (dictConfig binds the console handler to the sys.stderr of that moment). Imported in the middle
@@ -93,6 +97,42 @@ def make_key(db):
         return secret
 
     return make
+
+
+@pytest.fixture
+def keys(make_key, flag) -> dict[str, str]:
+    """A secret for each scope: ingest, manage, evaluate."""
+    return {"ingest": make_key("ingester", "ingest"), "manage": make_key("ops", "manage"),
+            "evaluate": make_key("svc", "evaluate")}
+
+
+@pytest.fixture(params=["gunicorn", "granian"])
+def server_class(request):
+    """Each production server for `servers` (tests/live.py): gunicorn, and granian (skipped when it is not
+    installed)."""
+    from tests.live import GranianServer, Server
+
+    if request.param == "granian":
+        pytest.importorskip("granian")
+        return GranianServer
+    return Server
+
+
+@pytest.fixture
+def proxied_postgres():
+    """(proxy, url): this run's PostgreSQL test database behind a TcpProxy (tests/live.py) that can cut or
+    freeze it, and its URL through the proxy. Skipped on SQLite (an embedded file cannot be cut or hang)."""
+    from urllib.parse import urlparse
+
+    from tests.live import TcpProxy, database_url, through
+
+    url = database_url()
+    if not url.startswith("postgres"):
+        pytest.skip("needs PostgreSQL (an embedded SQLite file cannot become unreachable or hang)")
+    parsed = urlparse(url)
+    proxy = TcpProxy(parsed.hostname or "127.0.0.1", parsed.port or 5432)
+    yield proxy, through(proxy, url)
+    proxy.close()
 
 
 @pytest.fixture

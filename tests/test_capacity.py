@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import pytest
 from django.http import HttpResponse
@@ -301,19 +300,6 @@ def test_a_request_waits_briefly_for_a_slot_freed_by_a_quick_one(settings):
 # --- real processes: PostgreSQL hung behind a proxy -------------------------------------------------------
 
 
-@pytest.fixture
-def proxied_postgres():
-    from tests.live import TcpProxy, database_url, through
-
-    url = database_url()
-    if not url.startswith("postgres"):
-        pytest.skip("needs PostgreSQL (an embedded SQLite file cannot hang)")
-    parsed = urlparse(url)
-    proxy = TcpProxy(parsed.hostname or "127.0.0.1", parsed.port or 5432)
-    yield proxy, through(proxy, url)
-    proxy.close()
-
-
 def test_the_watchdog_ends_a_query_waiting_on_a_hung_server(proxied_postgres):
     import psycopg
 
@@ -346,12 +332,6 @@ def test_the_watchdog_ends_a_query_waiting_on_a_hung_server(proxied_postgres):
     assert not thread.is_alive() and isinstance(outcome[0], psycopg.OperationalError)
     proxy.thaw()
     raw.close()
-
-
-@pytest.fixture
-def keys(make_key, flag) -> dict[str, str]:
-    return {"ingest": make_key("ingester", "ingest"), "manage": make_key("ops", "manage"),
-            "evaluate": make_key("svc", "evaluate")}
 
 
 def test_with_postgres_hung_evaluations_keep_answering_while_database_requests_pile_up(servers, keys,

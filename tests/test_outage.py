@@ -27,7 +27,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import path
 
 from api.snapshot import ConfigUnavailable, store
-from flags.models import AuditEntry, Flag, UserOverride
+from flags import services
+from flags.models import AuditEntry, Flag, Source, UserOverride
 from monitoring.models import ExecutionRecord, Rollup
 from rolloutadmin import outage
 from tests.monitoring import record
@@ -79,12 +80,6 @@ def dies_after(allowed: int) -> Iterator[_DiesAfter]:
     wrapper = _DiesAfter(allowed)
     with connection.execute_wrapper(wrapper):
         yield wrapper
-
-
-@pytest.fixture
-def keys(make_key, flag) -> dict[str, str]:
-    return {"ingest": make_key("ingester", "ingest"), "manage": make_key("ops", "manage"),
-            "evaluate": make_key("svc", "evaluate")}
 
 
 @pytest.fixture
@@ -485,61 +480,67 @@ def test_on_postgres_a_statement_over_the_timeout_is_cancelled_and_answered_as_a
     assert outage.is_database_outage(cancelled.value)
 
 
-# --- real gunicorn on PostgreSQL, the database cut by a TCP proxy ---------------------------------------------
+# --- real servers (gunicorn, and granian when installed) on PostgreSQL, the database cut by a TCP proxy ----
 
 
-def test_gunicorn_with_postgres_cut_answers_json_503_evaluates_stale_and_recovers_without_restart(servers, keys):
-    from urllib.parse import urlparse
+def test_a_server_with_postgres_cut_answers_json_503_evaluates_stale_and_recovers_without_restart(
+        servers, server_class, keys, proxied_postgres, flag, actor):
+    proxy, proxied = proxied_postgres
+    # Rolled out to everyone: evaluations answer True, not a default, so a stale answer is the snapshot's.
+    services.flag_set_rollout(flag=flag, percentage=100, enabled=True, actor=actor, source=Source.CLI)
+    # No Redis: the database is the only source of the config stamp, so evaluations say they are stale
+    # (with Redis up they answer as current; tests/api/test_live_servers.py cuts both).
+    server = servers(server_class, DATABASE_URL=proxied, REDIS_URL="", SNAPSHOT_CHECK_INTERVAL="0.1")
+    pid = server.process.pid
+    batch = {"records": [record(user_id=f"u{i}") for i in range(3)]}
 
-    from tests.live import TcpProxy, database_url, through
+    def ingest():
+        return server.request("POST", "/api/v1/executions", batch, keys["ingest"])
 
-    url = database_url()
-    if not url.startswith("postgres"):
-        pytest.skip("needs PostgreSQL (an embedded SQLite file cannot become unreachable)")
-    parsed = urlparse(url)
-    proxy = TcpProxy(parsed.hostname or "127.0.0.1", parsed.port or 5432)
-    try:
-        proxied = through(proxy, url)
-        # No Redis: the database is the only source of the config stamp, so evaluations say they are stale
-        # (with Redis up they answer as current; tests/api/test_live_servers.py cuts both).
-        server = servers(DATABASE_URL=proxied, REDIS_URL="", SNAPSHOT_CHECK_INTERVAL="0.1")
-        pid = server.process.pid
-        batch = {"records": [record(user_id=f"u{i}") for i in range(3)]}
+    def evaluate():
+        return server.request("POST", OFREP, {"context": {"targetingKey": "u1"}}, keys["evaluate"])
 
-        def ingest():
-            return server.request("POST", "/api/v1/executions", batch, keys["ingest"])
+    def lower(headers: dict[str, str]) -> dict[str, str]:
+        return {name.lower(): value for name, value in headers.items()}  # granian sends lower case
 
-        def evaluate():
-            return server.request("POST", OFREP, {"context": {"targetingKey": "u1"}}, keys["evaluate"])
-
-        fresh = evaluate()[1]
-        assert ingest()[0] == 200 and fresh["metadata"]["stale"] is False
-        written = ExecutionRecord.objects.count()
-        before = _state()
-        assert written == 3
-        proxy.cut()
-        for _ in range(4):  # each of the two workers, whatever its connection's state
-            status, body, headers = ingest()
-            assert status == 503 and body["error"] == "unavailable", (status, body)
-            assert re.fullmatch(r"[0-9]+", headers["Retry-After"])
-            status, body, headers = server.request("PATCH", f"/api/v1/flags/{FLAG}",
-                                                   {"enabled": not before[1], "reason": "outage"}, keys["manage"])
-            assert status == 503 and body["error"] == "unavailable" and headers["Retry-After"].isdigit()
-            status, body, _ = server.request("GET", f"/api/v1/flags/{FLAG}/metrics", None, keys["manage"])
-            assert status == 503 and body["error"] == "unavailable"
-        deadline = time.monotonic() + 5
-        while (answer := evaluate())[1]["metadata"]["stale"] is not True and time.monotonic() < deadline:
-            time.sleep(0.05)
-        status, body, _ = answer
-        assert status == 200 and body["metadata"]["stale"] is True and body["value"] == fresh["value"]
-        proxy.restore()
-        deadline = time.monotonic() + 10
-        while (status := ingest()[0]) != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status == 200 and server.process.pid == pid and server.process.poll() is None
-        assert ExecutionRecord.objects.count() == written + 3  # nothing from the outage, the batch once after
-        assert _state()[:5] == before[:5]  # the PATCHes in the outage changed nothing, audited nothing
-        log = server.log.read_text()
-        assert log.count("rolloutadmin.outage database unavailable") >= 12 and "Traceback" not in log
-    finally:
-        proxy.close()
+    # granian has no per-worker start hook: a worker loads its snapshot on its first evaluation. Enough
+    # fresh connections that both workers have answered some.
+    for i in range(30):
+        status, fresh, _ = evaluate()
+        assert status == 200 and fresh["metadata"]["stale"] is False, (i, status, fresh)
+    assert fresh["value"] is True
+    assert ingest()[0] == 200
+    written = ExecutionRecord.objects.count()
+    before = _state()
+    assert written == 3
+    proxy.cut()
+    for _ in range(4):  # each of the two workers, whatever its connection's state
+        status, body, headers = ingest()
+        headers = lower(headers)
+        assert status == 503 and body["error"] == "unavailable", (status, body)
+        assert headers["content-type"].startswith("application/json")
+        assert re.fullmatch(r"[0-9]+", headers["retry-after"]) and int(headers["retry-after"]) > 0
+        status, body, headers = server.request("PATCH", f"/api/v1/flags/{FLAG}",
+                                               {"enabled": not before[1], "reason": "outage"}, keys["manage"])
+        assert status == 503 and body["error"] == "unavailable" and lower(headers)["retry-after"].isdigit()
+        status, body, _ = server.request("GET", f"/api/v1/flags/{FLAG}/metrics", None, keys["manage"])
+        assert status == 503 and body["error"] == "unavailable"
+    deadline = time.monotonic() + 5
+    while (answer := evaluate())[1]["metadata"]["stale"] is not True and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answers = [answer] + [evaluate() for _ in range(20)]
+    assert all(status == 200 for status, _, _ in answers), [a[:2] for a in answers if a[0] != 200]
+    assert all(body["value"] is fresh["value"] and body["metadata"]["stale"] is True for _, body, _ in answers)
+    proxy.restore()
+    deadline = time.monotonic() + 10
+    while (status := ingest()[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200 and server.process.pid == pid and server.process.poll() is None
+    assert ExecutionRecord.objects.count() == written + 3  # nothing from the outage, the batch once after
+    deadline = time.monotonic() + 5
+    while evaluate()[1]["metadata"]["stale"] is not False and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert evaluate()[1]["metadata"]["stale"] is False
+    assert _state()[:5] == before[:5]  # the PATCHes in the outage changed nothing, audited nothing
+    log = server.log.read_text()
+    assert log.count("rolloutadmin.outage database unavailable") >= 12 and "Traceback" not in log

@@ -66,12 +66,6 @@ def request_lines(caplog) -> list[logging.LogRecord]:
 
 
 @pytest.fixture
-def keys(make_key, flag) -> dict[str, str]:
-    return {"evaluate": make_key("svc", "evaluate"), "manage": make_key("ops", "manage"),
-            "ingest": make_key("ingester", "ingest")}
-
-
-@pytest.fixture
 def lines(caplog):
     caplog.set_level(logging.INFO)
     return caplog

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from flags import services
 from flags.actors import Actor
 from flags.models import AuditEntry, Flag, Source
-from tests.browser import login
+from tests.browser import login, login_with_the_form
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -253,8 +253,11 @@ def test_the_flag_page_fits_the_screen_and_the_slider_fits_a_thumb(browser, live
     assert errors == []
 
 
-def test_the_login_page_shows_no_navigation(page):
+def test_the_login_form_logs_in_and_shows_no_navigation_before(page, user_in, patch_flag):
     page.goto("/login/")
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
     expect(page.locator("header nav")).to_have_count(0)
     expect(page.get_by_role("link", name="Alerts")).to_have_count(0)
+    user_in("pm", "Rollout managers")
+    login_with_the_form(page, "pm", PAGE)
+    expect(page.get_by_role("navigation", name="Main")).to_contain_text("Alerts")
