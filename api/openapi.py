@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flags.rules import USER_ID_MAX_LENGTH
+
 from .hot import MAX_DECISIONS
 
 
@@ -140,7 +142,8 @@ def schema() -> dict[str, Any]:
             "/api/v1/flags/{key}/evaluate": {"get": {
                 "summary": "Evaluate one flag for one user (scope evaluate)",
                 "parameters": [KEY_PARAM, {"name": "user_id", "in": "query", "required": True,
-                                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                                           "schema": {"type": "string", "minLength": 1,
+                                                      "maxLength": USER_ID_MAX_LENGTH}}],
                 "responses": {"200": _json({"allOf": [decision, {"type": "object", "properties": {
                     "rollout_percentage": {"type": "number"}, "version": {"type": "integer"},
                     "stale": {"type": "boolean"}}}]}, "The decision."),
@@ -225,7 +228,7 @@ def schema() -> dict[str, Any]:
                             "properties": {
                                 "id": {"type": "string", "maxLength": 100,
                                        "description": "makes a retried record count once"},
-                                "user_id": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "user_id": {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_LENGTH},
                                 "mode": {"type": "string", "description": "a slug: patch, single, ..."},
                                 "flag": {"type": "string"},
                                 "latency_ms": {"type": "number", "minimum": 0},

@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import evaluation, selectors
+from . import evaluation, rules, selectors
 from .actors import Actor
 from .models import (
     KEY_VALIDATOR,
@@ -148,8 +148,8 @@ def _clean_field(name: str, value: Any) -> Any:
         if not value or len(value) > 100:
             raise ValidationError({name: "must be 1 to 100 characters"})
     elif name in ("treatment_mode", "baseline_mode"):
-        if len(value) > 50:
-            raise ValidationError({name: "must be at most 50 characters"})
+        if len(value) > rules.MODE_MAX_LENGTH:
+            raise ValidationError({name: f"must be at most {rules.MODE_MAX_LENGTH} characters"})
         MODE_VALIDATOR(value)
     return value
 

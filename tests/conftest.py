@@ -24,6 +24,9 @@ settings.SNAPSHOT_PERSIST = False
 # noisy CI machine: with production's 2 slots it shed panels at random. Its slots are not under test there;
 # tests/test_capacity.py tests the slots with their own settings and real gunicorn servers.
 settings.DB_REQUEST_SLOTS = 16
+# Hashing a test user's password with production's PBKDF2 (over a million rounds) took about a second per
+# user: most of a dashboard test's time. Password storage is Django's, not under test here.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # The production WSGI callable, imported once before any test: the import sets Django up again, logging
 # included (dictConfig binds the console handler to the sys.stderr of that moment). Imported in the middle

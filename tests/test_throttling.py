@@ -54,12 +54,6 @@ def fresh_throttle():
 # --- logins: django-axes ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_hasher(settings):
-    # Dozens of logins per test: a cheap hasher keeps them quick (the lockout never reaches the hasher).
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def alice(db) -> User:
     return User.objects.create_user("alice", password=PASSWORD, is_staff=True, is_superuser=True)
