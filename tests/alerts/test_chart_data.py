@@ -24,8 +24,11 @@ MINUTE_MS = 60_000
 
 @pytest.fixture
 def now():
-    """Three hours ago, 30 seconds into a minute: the flag (created at the real now) is not yet there."""
-    return minute_ago(3) + timedelta(seconds=30)
+    """Three hours ago, 30 seconds into a minute: the flag (created at the real now) is not yet there. Never in
+    the first hour of a UTC day, so that the story's markers (up to 40 minutes earlier) fall on the same day
+    and read without a date, whenever the suite runs."""
+    moment = minute_ago(3) + timedelta(seconds=30)
+    return moment - timedelta(hours=1) if moment.hour == 0 else moment
 
 
 @pytest.fixture
@@ -123,9 +126,12 @@ def test_the_x_range_covers_the_data_and_the_markers_padded(flag, now, story):
 
 
 def test_a_day_with_calls_in_one_hour_shows_that_hour_not_the_whole_day(flag, now):
-    feed(calls=5, mode="patch", at=now - 10 * MIN)
+    # Calls in the current hour (10 minutes ago, or at its start when it began less than 10 minutes ago), so
+    # that the hour's padding reaches past the window's end whatever the clock says.
+    at = max(now - 10 * MIN, now.replace(minute=0, second=0, microsecond=0))
+    feed(calls=5, mode="patch", at=at)
     data = charts.chart_data(flag, "24h", now)
-    hour = charts.ms((now - 10 * MIN).replace(minute=0, second=0))
+    hour = charts.ms(at.replace(minute=0, second=0))
     assert data["step_ms"] == HOUR_MS
     # An hour's padding before its bucket; after it, the window ends (the current minute counts).
     assert data["x_range"] == {"min": hour - HOUR_MS, "max": charts.ms(now.replace(second=0) + MIN)}
