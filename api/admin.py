@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
@@ -35,14 +38,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix"]
     actions = ["revoke"]
 
-    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["name", "scopes"]
-        return ["name", "prefix", "scope_list", "created_by", "created_at", "last_used_at", "revoked_at"]
+            return ("name", "scopes")
+        return ("name", "prefix", "scope_list", "created_by", "created_at", "last_used_at", "revoked_at")
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         if obj is None:
-            return []
+            return ()
         return self.get_fields(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
@@ -52,7 +55,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes)
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             return
         key, secret = api_key_create(name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"],
@@ -63,10 +66,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # signed, not encrypted) nor in the session.
         obj._new_secret = secret
 
-    def response_add(self, request, obj, post_url_continue=None):  # type: ignore[no-untyped-def]
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
         """The secret, shown once in the response to the request that created the key (whichever save
         button was used): no redirect, so it never has to be carried to a second request."""
-        secret = getattr(obj, "_new_secret", None)
+        secret = obj._new_secret
         if secret is None:
             return super().response_add(request, obj, post_url_continue)
         key = ApiKey.objects.get(pk=obj.pk)
@@ -77,7 +80,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return response
 
     @admin.action(description="Revoke the selected API keys")
-    def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             api_key_revoke(key=key)
         messages.success(request, f"Revoked {queryset.count()} key(s); every process drops them within a second.")

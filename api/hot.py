@@ -305,7 +305,7 @@ def evaluate_many(req: Req) -> Resp:
                               f"this asks for {len(user_ids) * len(flag_keys)}"]
     if fields:
         return validation_error(fields)
-    results = []
+    results: list[dict[str, Any]] = []
     append = results.append
     for key in flag_keys:
         flag = snapshot.flags.get(key)

@@ -23,6 +23,10 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    # The secret of a key the admin has just created, on that request's instance only (api/admin.py shows it
+    # once); never stored.
+    _new_secret: str | None = None
+
     class Meta:
         ordering = ["name"]
         verbose_name = "API key"

@@ -20,10 +20,6 @@ def _seeds(name: str, default: int) -> int:
     return max(1, int(os.environ.get(name, default)))
 
 
-def _delays(outcomes, pick) -> list[int | None]:  # type: ignore[no-untyped-def]
-    return [pick(outcome) for outcome in outcomes]
-
-
 def _describe(delays: list[int | None], within: int) -> tuple[str, list[int]]:
     found = sorted(d for d in delays if d is not None)
     missing = len(delays) - len(found)

@@ -11,16 +11,21 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.common import Row
+
+if TYPE_CHECKING:
+    from flags.models import Flag
 
 RAW_ROWS = int(os.environ.get("BENCH_RAW_ROWS", 10_000_000))
 BATCH = 1000
 
 
-def _ingest_over_http(token_for) -> list[Row]:  # type: ignore[no-untyped-def]
+def _ingest_over_http(token_for: Callable[[str, str], str]) -> list[Row]:
     from monitoring.models import ExecutionRecord, Rollup
     from tests.live import Server, database_url, redis_url
 
@@ -89,7 +94,7 @@ def _load_raw_rows(days: int = 7) -> float:
     return time.perf_counter() - start
 
 
-def _time_dashboard(flag, window: str) -> float:  # type: ignore[no-untyped-def]
+def _time_dashboard(flag: Flag, window: str) -> float:
     from monitoring import selectors
 
     def once() -> float:

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -60,9 +61,8 @@ def throwaway_database() -> Iterator[None]:
         teardown_test_environment()
 
 
-def _tmp_sqlite():
+def _tmp_sqlite() -> Path:
     import tempfile
-    from pathlib import Path
 
     return Path(tempfile.mkdtemp(prefix="rolloutadmin-bench-")) / "bench.sqlite3"
 

@@ -146,7 +146,7 @@ def verify(connection: BaseDatabaseWrapper, role: str) -> list[str]:
         for obj, name, has, want in zip(objects, names, held, expected, strict=True):
             if has != want:
                 problems.append(f"{obj}: {name} {'held' if has else 'missing'}")
-        privileges = TABLE_PRIVILEGES + (("MAINTAIN",) if connection.pg_version >= 170000 else ())
+        privileges = TABLE_PRIVILEGES + (("MAINTAIN",) if getattr(connection, "pg_version", 0) >= 170000 else ())
         for t in plan(connection):
             for privilege in privileges:
                 cursor.execute("SELECT has_table_privilege(%s, %s, %s)", [role, connection.ops.quote_name(t.table),

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import mmh3
 
 BASE_MS = 0.1
-GROWTH = 2 ** (1 / 8)
+GROWTH = math.pow(2, 1 / 8)
 SLOTS = 200  # up to 0.1 ms * 2**(199/8), about 56 minutes; slower calls land in the last slot
 _LOG_GROWTH = math.log(GROWTH)
 
@@ -44,7 +44,7 @@ def slot_value(slot: int) -> float:
     if slot == 0:
         return BASE_MS / 2
     low = BASE_MS * GROWTH ** (slot - 1)
-    return low * GROWTH**0.5
+    return low * math.sqrt(GROWTH)
 
 
 def empty() -> list[int]:

@@ -288,7 +288,7 @@ def _apply(groups: dict[tuple[int, str, str, datetime], Totals]) -> None:
     )
     # Locked in one order (the sorted keys, in chunks: SQLite limits a query's expression depth) so that
     # concurrent batches touching the same rows cannot deadlock.
-    rows = []
+    rows: list[Rollup] = []
     for start_index in range(0, len(keys), 200):
         match = Q()
         for resolution, flag_key, mode, start in keys[start_index : start_index + 200]:
@@ -322,7 +322,11 @@ def ingest(records: Any, *, now: datetime | None = None) -> IngestResult:
     by_mode: dict[str, int] = defaultdict(int)
     for r in inserted:
         by_mode[r.mode] += 1
-    transaction.on_commit(lambda: [metrics.ingested(mode, count) for mode, count in by_mode.items()])
+    def count() -> None:
+        for mode, n in by_mode.items():
+            metrics.ingested(mode, n)
+
+    transaction.on_commit(count)
     return IngestResult(received=len(clean), accepted=len(inserted), duplicates=len(clean) - len(inserted),
                         by_mode=dict(by_mode))
 

@@ -7,9 +7,16 @@ from wrk), one process often accepted nearly every connection while the other id
 server at one core (about 2,500 requests/s instead of 7,000-8,000). GUNICORN_* variables override.
 """
 
+from __future__ import annotations
+
 import multiprocessing
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 # Prometheus counters from every worker (and from the Celery processes given the same directory) are added
 # up by GET /metrics (rolloutadmin/metrics.py). prometheus-client reads the variable when it is first
@@ -36,7 +43,7 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
 
-def post_worker_init(worker):  # type: ignore[no-untyped-def]
+def post_worker_init(worker: Worker) -> None:
     """Load the config snapshot as each worker starts, so that a worker can answer from it even if the
     database becomes unreachable before its first request. If the database is down now, the first request
     tries again."""
@@ -51,7 +58,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
                         len(snapshot.flags))
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
+def on_starting(server: Arbiter) -> None:
     """Clear the metric files of processes that are gone (an earlier server's workers), keeping those of
     live processes (a Celery worker sharing the directory keeps its counts)."""
     from rolloutadmin.metric_files import remove_gone
@@ -62,7 +69,7 @@ def on_starting(server):  # type: ignore[no-untyped-def]
                     remove_gone(directory))
 
 
-def child_exit(server, worker):  # type: ignore[no-untyped-def]
+def child_exit(server: Arbiter, worker: Worker) -> None:
     """A worker is gone: its live gauges (snapshot age, staleness) must no longer count."""
     from prometheus_client import multiprocess
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -14,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("name", help="the key's name, shown in the audit log (e.g. checkout-service)")
         parser.add_argument("--scopes", required=True, help="comma-separated: evaluate, ingest, manage")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         try:
             key, secret = api_key_create(name=options["name"], scopes=options["scopes"],
                                          created_by=Actor.cli().name)

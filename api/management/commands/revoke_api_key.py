@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from api.keys import api_key_revoke
@@ -12,7 +14,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         key = ApiKey.objects.filter(name=options["name"]).first()
         if key is None:
             raise CommandError(f"unknown API key {options['name']!r}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -11,7 +12,7 @@ from flags import services
 class Command(BaseCommand):
     help = "First start: create the patch_mode_enabled flag (off, 0%) and an admin superuser, once."
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         flag = services.ensure_default_flag()
         if flag is not None:
             self.stdout.write(f"Created flag {flag.key} (disabled, rollout 0%).")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
@@ -18,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--apply", action="store_true", help="run the statements (as the connected owner)")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="database alias (default: default)")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         connection = connections[options["database"]]
         try:
             role = grants.check_role_name(options["role"])

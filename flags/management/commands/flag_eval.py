@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -16,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("flag", help="flag key")
         parser.add_argument("user_ids", nargs="+", metavar="USER_ID")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         flag = selectors.flag_get(options["flag"])
         if flag is None:
             raise CommandError(f"unknown flag {options['flag']!r}")

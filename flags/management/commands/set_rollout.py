@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -31,7 +33,7 @@ class Command(BaseCommand):
             help="refuse the change if the flag is no longer at this version",
         )
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         enabled = True if options["enable"] else False if options["disable"] else None
         try:
             flag = services.flag_set_rollout(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -15,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("file", help="a .jsonl file; '-' for standard input is not supported")
         parser.add_argument("--batch-size", type=int, default=1000, help="records per transaction (max 5000)")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         path = Path(options["file"])
         size = options["batch_size"]
         if not 1 <= size <= services.MAX_RECORDS:

@@ -31,7 +31,7 @@ class Command(BaseCommand):
             parser.add_argument(f"--{mode}-latency", type=float, default=latency, help=f"{mode} median latency (ms)")
             parser.add_argument(f"--{mode}-tokens", type=int, default=tokens, help=f"{mode} mean tokens per call")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: object, **options: Any) -> None:
         flag = selectors.flag_get(options["flag"])
         if flag is None:
             raise CommandError(f"unknown flag {options['flag']!r}")
