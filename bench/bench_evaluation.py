@@ -5,19 +5,22 @@ from __future__ import annotations
 import time
 
 from bench.common import Row
-from flags import evaluation
+from flags import evaluation, targeting
 
 TARGET_US = 2.0
+RULES_TARGET_US = 3.0
 USERS = [f"user-{i}" for i in range(200_000)]
 
 
-def _per_decision_us(flag: evaluation.FlagConfig) -> float:
+def _per_decision_us(flag: evaluation.FlagConfig, contexts: list[dict[str, object]] | None = None) -> float:
     evaluate = evaluation.evaluate
     best = float("inf")
+    attributes = contexts or [{}]
+    pairs = [(user_id, attributes[i % len(attributes)]) for i, user_id in enumerate(USERS)]
     for _ in range(5):
         start = time.perf_counter()
-        for user_id in USERS:
-            evaluate(flag, user_id)
+        for user_id, context in pairs:
+            evaluate(flag, user_id, context)
         best = min(best, (time.perf_counter() - start) / len(USERS) * 1e6)
     return best
 
@@ -34,4 +37,46 @@ def run() -> list[Row]:
     for name, flag in cases.items():
         us = _per_decision_us(flag)
         rows.append(Row(f"evaluate() {name}", f"{us:.3f} us/decision", f"< {TARGET_US} us", us < TARGET_US))
+    flag, contexts = _targeted()
+    us = _per_decision_us(flag, contexts)
+    rows.append(Row("evaluate() 5 rules x 3 conditions, 10k-id segment, 1,000-char attribute", f"{us:.3f} us/decision",
+                    f"< {RULES_TARGET_US} us", us < RULES_TARGET_US))
     return rows
+
+
+def _targeted() -> tuple[evaluation.FlagConfig, list[dict[str, object]]]:
+    """Issue 13's case: five rules of three conditions (one of them on a segment of 10,000 ids), contexts
+    with a 1,000-character user agent, most users reaching the default rollout after every rule (the
+    costliest path); a third of them match a rule on the way."""
+    beta = targeting.segment_from_json({"key": "beta", "included": [f"user-{i}" for i in range(0, 30_000, 3)]})
+
+    def cond(attribute: str, operator: str, *values: object) -> dict[str, object]:
+        return {"attribute": attribute, "operator": operator, "values": list(values)}
+
+    rules = targeting.rules_from_json([
+        {"id": "staff", "serve": "on", "conditions": [cond("email", "ends_with", "@ourcompany.com"),
+                                                      cond("verified", "equals", True),
+                                                      cond("country", "in", "DE", "FR", "NL", "US")]},
+        {"id": "old-app", "serve": "off", "conditions": [cond("app_version", "semver_lt", "2.0.0"),
+                                                         cond("platform", "in", "ios", "android"),
+                                                         cond("agent", "contains", "Mobile")]},
+        {"id": "beta", "serve": "on", "segment": "beta",
+         "conditions": [cond("plan", "not_in", "free"), cond("seats", "gte", 5),
+                        cond("agent", "matches", "Chrome/1[0-9]{2}")]},
+        {"id": "enterprise", "serve": "percentage", "percentage": 50,
+         "conditions": [cond("plan", "equals", "enterprise"), cond("seats", "gt", 100),
+                        cond("signed_up", "before", "2026-01-01")]},
+        {"id": "new-eu", "serve": "percentage", "percentage": 10,
+         "conditions": [cond("country", "in", "DE", "FR", "NL"), cond("signed_up", "after", "2026-06-01"),
+                        cond("app_version", "semver_gte", "3.0.0")]},
+    ], {"beta": beta})
+    agent = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36 "
+             * 20)[:1000]
+    contexts: list[dict[str, object]] = [
+        {"email": f"u{i}@example.com", "verified": True, "country": ("DE", "BR", "US")[i % 3], "plan": "pro",
+         "seats": i % 200, "app_version": ("2.4.1", "3.1.0", "1.9.9")[i % 3], "platform": "web",
+         "signed_up": "2026-03-04T10:00:00Z", "agent": agent}
+        for i in range(64)
+    ]
+    flag = evaluation.FlagConfig("patch_mode_enabled", True, 2500, rules=rules)
+    return flag, contexts

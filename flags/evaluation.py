@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import operator
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import NamedTuple
 
 import mmh3
+
+from .targeting import Rule, Serve
 
 MURMUR3 = "murmur3"
 LEGACY = "legacy"
@@ -31,6 +34,7 @@ class Reason(StrEnum):
     IN_ROLLOUT = "IN_ROLLOUT"
     OUT_OF_ROLLOUT = "OUT_OF_ROLLOUT"
     FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
+    RULE_MATCH = "RULE_MATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,8 @@ class FlagConfig:
     allow: frozenset[str] = field(default_factory=frozenset)
     deny: frozenset[str] = field(default_factory=frozenset)
     client_side: bool = False  # evaluable with a client key (a browser's)
+    # Targeting rules (flags/targeting.py), in order, between the lists and the default rollout.
+    rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.rollout_basis_points <= MURMUR3_BUCKETS:
@@ -75,6 +81,7 @@ class Decision(NamedTuple):
     # (legacy). Reported for every known flag, even when a list or the kill switch decided, so that
     # "why does this user see it?" also answers "would they see it at p%?". None for unknown flags.
     bucket: int | None
+    rule: str | None = None  # the id of the rule that decided (reason RULE_MATCH)
 
 
 NOT_FOUND = Decision(enabled=False, reason=Reason.FLAG_NOT_FOUND, bucket=None)
@@ -137,15 +144,22 @@ def bucket_for(flag: FlagConfig, user_id: str) -> int:
     return legacy_cohort(user_id)
 
 
-def in_rollout(flag: FlagConfig, bucket: int) -> bool:
+def in_rollout(flag: FlagConfig, bucket: int, basis_points: int | None = None) -> bool:
+    """Whether a bucket is inside the flag's rollout, or inside `basis_points` (a rule's percentage) when
+    given: the same comparison, so a rule's percentage grows exactly like the flag's."""
+    points = flag.rollout_basis_points if basis_points is None else basis_points
     if flag.bucketing == MURMUR3:
-        return bucket < flag.rollout_basis_points
+        return bucket < points
     # cohort < percentage, compared in hundredths so that 25.5% is exact.
-    return bucket * 100 < flag.rollout_basis_points
+    return bucket * 100 < points
 
 
-def evaluate(flag: FlagConfig | None, user_id: str) -> Decision:
-    """Decide one user: kill switch, then allow list, deny list, then the rollout bucket."""
+_NO_ATTRIBUTES: dict[str, object] = {}
+
+
+def evaluate(flag: FlagConfig | None, user_id: str, attributes: Mapping[str, object] | None = None) -> Decision:
+    """Decide one user: kill switch, then allow list, deny list, the targeting rules in order (on the
+    context's attributes), then the default rollout."""
     if flag is None:
         return NOT_FOUND
     bucket = bucket_for(flag, user_id)
@@ -155,6 +169,14 @@ def evaluate(flag: FlagConfig | None, user_id: str) -> Decision:
         return Decision(True, Reason.ALLOW_LIST, bucket)
     if user_id in flag.deny:
         return Decision(False, Reason.DENY_LIST, bucket)
+    if flag.rules:
+        context = _NO_ATTRIBUTES if attributes is None else attributes
+        for rule in flag.rules:
+            if rule.matches(user_id, context):
+                serve = rule.serve
+                enabled = serve == Serve.ON or (serve == Serve.PERCENTAGE and in_rollout(flag, bucket,
+                                                                                          rule.basis_points))
+                return Decision(enabled, Reason.RULE_MATCH, bucket, rule.id)
     if in_rollout(flag, bucket):
         return Decision(True, Reason.IN_ROLLOUT, bucket)
     return Decision(False, Reason.OUT_OF_ROLLOUT, bucket)
