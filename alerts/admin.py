@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
 
+from flags.actors import Actor
+
+from . import notify, outbox, plans
 from .models import Alert, AlertRule, Notification, PlanStage, RolloutPlan
 
 
@@ -56,11 +61,9 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send the selected failed notifications again")
     def retry(self, request, queryset):  # type: ignore[no-untyped-def]
-        from . import notify
-
         failed = [n for n in queryset.filter(status="failed")
                   if notify.restart(n, by=f"{request.user.get_username()} (admin)")]
-        queued = sum(notify.enqueue(n.pk) for n in failed)
+        queued = sum(outbox.enqueue(n.pk) for n in failed)
         messages.success(request, f"Queued {queued} notification(s) again.")
         if queued < len(failed):
             messages.warning(request, f"{len(failed) - queued} notification(s) could not be queued (the broker "
@@ -78,3 +81,33 @@ class RolloutPlanAdmin(admin.ModelAdmin):
     list_filter = ["state", "flag"]
     readonly_fields = ["state", "current_stage", "stage_started_at", "status_note", "created_by"]
     inlines = [PlanStageInline]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:  # plan_create refused the new plan: nothing was written
+            messages.error(request, "; ".join(exc.messages))
+            return HttpResponseRedirect(request.path)
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if change:
+            super().save_model(request, obj, form, change)
+        # A new plan is made in save_related, once its stages are known, by alerts.plans.plan_create.
+
+    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+        if change:
+            return super().save_related(request, form, formsets, change)
+        rows = [row for formset in formsets for row in formset.cleaned_data
+                if row and not row.get("DELETE") and row.get("percentage") is not None]
+        rows.sort(key=lambda row: row.get("order") or 0)
+        data = form.cleaned_data
+        created = plans.plan_create(
+            flag=data["flag"], created_by=Actor.for_user(request.user).name,
+            stages=[(row["percentage"], row.get("min_duration_minutes") or 0) for row in rows] or None,
+            min_samples=data["min_samples"], advance_below=data["advance_below"],
+            rollback_above=data["rollback_above"])
+        form.instance.pk = created.pk  # the admin's log entry and redirect name the plan plan_create made
+        form.instance._state.adding = False
+        for formset in formsets:  # what the admin's change message lists
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = list(created.stages.all()), [], []
+        return None

@@ -36,6 +36,7 @@ from django.forms.models import model_to_dict
 from flags import selectors as flag_selectors
 from flags.models import EXPOSURE_FIELDS, ActorKind, AuditEntry, Flag, Source
 from flags.publish import suppressed
+from monitoring import selectors as metrics
 from monitoring.models import Rollup
 
 from . import health, services
@@ -137,7 +138,7 @@ def _describe(entry: AuditEntry, values: dict[str, Any]) -> str:
 
 def backtest(flag: Flag, since: datetime, until: datetime, overrides: list[str] | None = None) -> list[Event]:
     """Replay the checker for `flag` at the end of every minute in (since, until]; nothing is kept."""
-    since, until = health.minute_floor(since), health.minute_floor(until)
+    since, until = metrics.minute_floor(since), metrics.minute_floor(until)
     if since >= until:
         raise ValidationError({"until": "must be after since"})
     if until - since > timedelta(days=MAX_DAYS):

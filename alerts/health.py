@@ -54,15 +54,6 @@ class RuleResult:
         return self.verdict.estimate
 
 
-def minute_floor(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
-
-
-def minute_ceil(moment: datetime) -> datetime:
-    floor = minute_floor(moment)
-    return floor if floor == moment else floor + timedelta(minutes=1)
-
-
 def _arm(sums: dict[str, Any] | None) -> Arm:
     if not sums:
         return Arm()
@@ -75,14 +66,14 @@ def _arm(sums: dict[str, Any] | None) -> Arm:
 def stage_data(flags: list[Flag], now: datetime, *, since: dict[int, datetime] | None = None) -> dict[str, StageData]:
     """Each flag's stage totals and recent minutes as of `now`. `since` moves a flag's start later (a
     plan's stage began at a change that left the percentage as it was)."""
-    end = minute_floor(now)
+    end = metrics.minute_floor(now)
     starts = flag_selectors.stage_starts(flags, now)
     out: dict[str, StageData] = {}
     for flag in flags:
         started = starts.get(flag.pk, flag.created_at)
         if since and flag.pk in since and since[flag.pk] > started:
             started = since[flag.pk]
-        data_from = min(minute_ceil(started), end)
+        data_from, end = metrics.stage_window(started, now)
         out[flag.key] = StageData(started, data_from, end)
     groups: dict[datetime, list[Flag]] = {}
     for flag in flags:
@@ -167,7 +158,8 @@ def guardrail_series(flag: Flag, rules: list[AlertRule], window: str, now: datet
     each point: the interval of the stage in force then, from that stage's start to the point (it starts
     again where the rollout changed). Points per minute up to 1 h, per hour beyond. The CUSUM view of
     recent minutes is not drawn (the tile shows it now)."""
-    chart = metrics.chart_buckets(window, minute_floor(now))  # complete minutes only, as the checks judge
+    # Complete minutes only, as the checks judge.
+    chart = metrics.chart_buckets(window, metrics.window_bounds(window, now, complete_minutes=True)[1])
     start, end, step = chart.start, chart.end, chart.step
     per_bucket = metrics.moments_per_minute([flag], start, end, resolution=chart.resolution)[flag.key]
     changes = flag_selectors.exposure_changes(flag, until=end)
@@ -178,7 +170,7 @@ def guardrail_series(flag: Flag, rules: list[AlertRule], window: str, now: datet
         for change in changes:
             if change.created_at <= point:
                 started = change.created_at
-        return minute_ceil(started)
+        return metrics.minute_ceil(started)
 
     specs = [(rule, spec_for(rule)) for rule in rules]
     lines: dict[str, dict[str, Any]] = {

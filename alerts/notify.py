@@ -75,30 +75,11 @@ def backoff(attempts: int) -> timedelta:
     return min(grace() * 2 ** max(0, attempts - 1), timedelta(seconds=_setting("NOTIFICATION_RETRY_MAX_SECONDS")))
 
 
-def _duration(span: timedelta) -> str:
+def duration(span: timedelta) -> str:
     seconds = int(span.total_seconds())
     if seconds >= 3600:
         return f"{seconds / 3600:.3g} h"
     return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
-
-
-def enqueue(notification_id: int) -> bool:
-    """Hand a notification to the Celery task. When the broker refuses, say so on the (pending) row; the
-    flush sends it once its grace period is over. Returns whether it was queued."""
-    from .tasks import send_notification  # the tasks call this module: imported when first needed
-
-    try:
-        send_notification.delay(notification_id)
-    except Exception as exc:
-        logger.exception("could not enqueue notification %s: the outbox flush will send it", notification_id)
-        try:
-            Notification.objects.filter(pk=notification_id, status=NotificationStatus.PENDING).update(
-                last_error=f"not queued ({type(exc).__name__}: {exc}); the outbox flush sends it "
-                           f"{_duration(grace())} after it was written"[:2000])
-        except Exception:
-            logger.exception("could not record the failed enqueue of notification %s", notification_id)
-        return False
-    return True
 
 
 def _locked(**lock: bool) -> QuerySet[Notification]:
@@ -151,7 +132,7 @@ def _attempt(notification: Notification, now: datetime) -> Exception | None:
         if notification.attempts >= max_attempts():
             why = f"{notification.attempts} attempts (NOTIFICATION_MAX_ATTEMPTS)"
         elif age >= max_age():
-            why = f"{_duration(age)} since it was queued (NOTIFICATION_MAX_AGE_SECONDS)"
+            why = f"{duration(age)} since it was queued (NOTIFICATION_MAX_AGE_SECONDS)"
         else:
             why = ""
         if why:
@@ -221,7 +202,7 @@ def _flush_one(notification_id: int, now: datetime) -> str:
         if age >= max_age():
             notification.status, notification.next_attempt_at = NotificationStatus.FAILED, None
             notification.last_error = (
-                f"gave up after {_duration(age)} since it was queued (NOTIFICATION_MAX_AGE_SECONDS), "
+                f"gave up after {duration(age)} since it was queued (NOTIFICATION_MAX_AGE_SECONDS), "
                 f"{notification.attempts} attempts" + (f"; last error: {notification.last_error}"
                                                       if notification.last_error else ""))[:2000]
             notification.save(update_fields=["status", "next_attempt_at", "last_error"])

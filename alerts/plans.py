@@ -9,8 +9,9 @@ first stage: back to 0%, and the plan ends rolled back).
 
 Every change a plan makes goes through flags.services (audit source `plan`). A change to the flag from
 anywhere else while the plan runs (the slider, the API, the CLI, an alert's remediation) pauses the
-plan, so that it never raises back what a person or an alert has just lowered. Every time a plan writes
-is its caller's `now`.
+plan, so that it never raises back what a person or an alert has just lowered: flag_update sends
+flags.signals.exposure_changed, with by_plan=True for the plan's own steps, and alerts/receivers.py calls
+on_exposure_change. Every time a plan writes is its caller's `now`.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _set_stage(plan: RolloutPlan, index: int, *, actor: Actor, source: str, reas
     plan.current_stage, plan.stage_started_at = index, now
     _save(plan, now, "current_stage", "stage_started_at", "state", "status_note")
     flag_services.flag_update(flag=plan.flag.key, rollout_percentage=stage.percentage, enabled=True, actor=actor,
-                              source=source, reason=reason, _from_plan=True, now=now)
+                              source=source, reason=reason, by_plan=True, now=now)
 
 
 class NeedsConfirmation(ValidationError):
@@ -201,7 +202,7 @@ def plan_abort(*, plan: RolloutPlan, actor: Actor, reason: str = "", now: dateti
     _save(plan, now, "state", "status_note")
     if not was_draft:
         flag_services.flag_update(flag=plan.flag.key, rollout_percentage=0, actor=actor, source=Source.UI,
-                                  reason=f"rollout plan aborted{': ' + reason if reason else ''}", _from_plan=True,
+                                  reason=f"rollout plan aborted{': ' + reason if reason else ''}", by_plan=True,
                                   now=now)
     return plan
 
@@ -246,7 +247,7 @@ def step_back(plan: RolloutPlan, *, actor: Actor, source: str, reason: str, now:
         return [*done, f"rollout already at {flag.rollout_percentage}%"], not dry_run
     if not dry_run:
         flag_services.flag_update(flag=flag.key, rollout_percentage=target, only_reduce=True, actor=actor,
-                                  source=source, reason=reason, _from_plan=True, now=now)
+                                  source=source, reason=reason, by_plan=True, now=now)
     return [*done, f"rollout reduced from {flag.rollout_percentage}% to {target}%"], True
 
 
@@ -334,8 +335,11 @@ def tick_all(*, now: datetime | None = None, dry_run: bool = False,
     return {plan_id: tick(plan_id, now=now, dry_run=dry_run) for plan_id in ids}
 
 
-def on_exposure_change(*, flag: Flag, actor: Actor, source: str, reason: str) -> None:
-    """Someone other than the plan changed the flag's exposure: a running plan pauses and says so."""
+def on_exposure_change(*, flag: Flag, actor: Actor, source: str, reason: str, by_plan: bool = False) -> None:
+    """Someone other than the plan changed the flag's exposure: a running plan pauses and says so. The
+    plan's own steps (by_plan) change nothing here. Connected to flags.signals.exposure_changed."""
+    if by_plan:
+        return
     pause_running_plan(flag, actor=actor, source=source, reason=reason or "no reason given",
                        now=flag.updated_at)
 

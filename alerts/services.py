@@ -29,7 +29,7 @@ from flags import services as flag_services
 from flags.actors import Actor
 from flags.models import Flag, Source
 
-from . import guardrails, health, plans
+from . import guardrails, health, notify, outbox, plans
 from .health import RuleResult
 from .models import DEFAULT_RULES, OPEN_STATES, Action, Alert, AlertRule, AlertState, Notification
 
@@ -101,8 +101,6 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
         channels.append("email")
     if getattr(settings, "ALERT_WEBHOOK_URL", ""):
         channels.append("webhook")
-    from . import notify  # notify imports the models only; kept local to this function
-
     for channel in channels:
         # The outbox: `created_at` is the check's time; the flush goes by real time (alerts.notify).
         queued = timezone.now()
@@ -113,9 +111,7 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
 
 def _enqueue(notification_id: int) -> None:
     """Hand it to Celery; a refused broker is recorded on the row, and the outbox flush sends it later."""
-    from . import notify
-
-    notify.enqueue(notification_id)
+    outbox.enqueue(notification_id)
 
 
 # Alert.value holds 14 digits, 3 after the point: an absurd estimate (a baseline of 1 token against 10^9)

@@ -64,11 +64,9 @@ class FlagAdminForm(forms.ModelForm):
             cleaned["salt"] = cleaned.get("key") or self.instance.key  # the salt defaults to the key
         if not self.instance.pk:
             return cleaned
-        reshuffles = [
-            name
-            for name in services.RESHUFFLING_FIELDS
-            if name in cleaned and cleaned[name] not in ("", None) and cleaned[name] != getattr(self.instance, name)
-        ]
+        # The rule is the service's (flag_update refuses the same change); the form asks before saving.
+        changes = {name: cleaned[name] for name in services.RESHUFFLING_FIELDS if cleaned.get(name) not in ("", None)}
+        reshuffles = services.reshuffles(self.instance, changes)
         if reshuffles and not cleaned.get("confirm_reshuffle"):
             for name in reshuffles:
                 self.add_error(name, "This reshuffles which users are in the rollout: tick the confirmation.")

@@ -9,7 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from . import evaluation, rules
-from .rules import KEY_MAX_LENGTH, MODE_MAX_LENGTH, USER_ID_MAX_LENGTH
+from .rules import KEY_MAX_LENGTH, MODE_MAX_LENGTH, SALT_MAX_LENGTH, USER_ID_MAX_LENGTH
 
 KEY_VALIDATOR = RegexValidator(
     rules.SLUG_PATTERN,
@@ -67,7 +67,7 @@ class Flag(models.Model):
         ),
     )
     salt = models.CharField(
-        max_length=100,
+        max_length=SALT_MAX_LENGTH,
         blank=True,
         help_text="Defaults to the key. Changing it reshuffles which users are in the rollout.",
     )

@@ -60,6 +60,8 @@ def user_id_problem(value: object) -> str | None:
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*\Z"
 KEY_MAX_LENGTH = 100
 MODE_MAX_LENGTH = 50
+# A flag's salt (hashed with each user id): the model's column and every service check use this.
+SALT_MAX_LENGTH = 100
 
 _slug = re.compile(SLUG_PATTERN).match
 

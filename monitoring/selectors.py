@@ -164,7 +164,7 @@ def _fold(into: dict[str, float], row: dict[str, Any]) -> None:
 
 
 def _parts(start: datetime, end: datetime) -> list[tuple[datetime, datetime, int]]:
-    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0, second=0, microsecond=0)
+    first_full_hour, last_full_hour = hour_ceil(start), hour_floor(end)
     if first_full_hour < last_full_hour:
         return [(first_full_hour, last_full_hour, Rollup.HOUR), (start, first_full_hour, Rollup.MINUTE),
                 (last_full_hour, end, Rollup.MINUTE)]
@@ -191,15 +191,6 @@ def _moment_rows(flags: list[Flag], resolution: int, start: datetime,
             yield row, flag
 
 
-def window_bounds(window: str, now: datetime | None = None) -> tuple[datetime, datetime]:
-    now = now or timezone.now()
-    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)  # the current minute counts
-    return end - WINDOWS[window], end
-
-
-def _hour_ceil(moment: datetime) -> datetime:
-    floor = moment.replace(minute=0, second=0, microsecond=0)
-    return floor if floor == moment else floor + timedelta(hours=1)
 
 
 def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
@@ -216,7 +207,7 @@ def summary_between(flag: Flag, start: datetime, end: datetime, *, unique_users:
 def summaries_between(flags: list[Flag], start: datetime, end: datetime, *,
                       unique_users: bool = True) -> dict[str, dict[str, Any]]:
     """summary_between for many flags from one read of the rollups (alert checks over every flag)."""
-    first_full_hour, last_full_hour = _hour_ceil(start), end.replace(minute=0, second=0, microsecond=0)
+    first_full_hour, last_full_hour = hour_ceil(start), hour_floor(end)
     if first_full_hour < last_full_hour:
         # Whole hours from hour rows, the ragged edges from minute rows: exact to the minute.
         rows = _rows(flags, Rollup.HOUR, first_full_hour, last_full_hour)
@@ -255,6 +246,50 @@ def _summary(flag: Flag, start: datetime, end: datetime, totals: dict[str, Total
     }
 
 
+# --- time windows: every edge of a window of rollups is computed here (the dashboard's windows, the
+# alert checks' and the rollout plans' stages, the backtests), so they all count the same minutes.
+
+
+def minute_floor(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def minute_ceil(moment: datetime) -> datetime:
+    floor = minute_floor(moment)
+    return floor if floor == moment else floor + timedelta(minutes=1)
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def hour_ceil(moment: datetime) -> datetime:
+    floor = hour_floor(moment)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+def window_named(value: str | None) -> str:
+    """The window a request names (?window=), or the default one for a missing or unknown name."""
+    return value if value in WINDOWS else DEFAULT_WINDOW
+
+
+def window_bounds(window: str, now: datetime | None = None, *,
+                  complete_minutes: bool = False) -> tuple[datetime, datetime]:
+    """[start, end) of a named window (WINDOWS) ending at `now`, to the minute. The dashboard counts the
+    current minute too; `complete_minutes=True` ends at the last complete minute, as the alert checks judge."""
+    now = now or timezone.now()
+    end = minute_floor(now) if complete_minutes else minute_floor(now) + timedelta(minutes=1)
+    return end - WINDOWS[window], end
+
+
+def stage_window(started: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the complete minutes of a stage that began at `started`, as of `now`: from the first
+    whole minute after it began (no call made before the stage counts) to the last complete minute (a
+    check at 12:01:17 judges the minutes up to 12:00 inclusive). Empty (start == end) before a minute ends."""
+    end = minute_floor(now)
+    return min(minute_ceil(started), end), end
+
+
 @dataclass
 class ChartBuckets:
     """The points of a chart over a window: per minute up to 1 h, per hour for 24 h and 7 d."""
@@ -272,7 +307,7 @@ def chart_buckets(window: str, end: datetime) -> ChartBuckets:
         resolution, step = Rollup.MINUTE, timedelta(minutes=1)
     else:
         resolution, step = Rollup.HOUR, timedelta(hours=1)
-        start = start.replace(minute=0)
+        start = hour_floor(start)
     starts: list[datetime] = []
     moment = start
     while moment < end:

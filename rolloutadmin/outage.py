@@ -33,6 +33,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
+from .csp import STRICT_CSP
+
 logger = logging.getLogger("rolloutadmin.outage")
 
 RETRY_AFTER_SECONDS = 5
@@ -125,8 +127,6 @@ def _page() -> str:
 
 def _strict_csp() -> str:
     from django.utils.csp import build_policy
-
-    from flags.views import STRICT_CSP
 
     return build_policy(STRICT_CSP)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from rolloutadmin.csp import STRICT_CSP
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("ROLLOUTADMIN_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,7 @@ INSTALLED_APPS = [
     "monitoring",
     "alerts",
     "api",
+    "dashboard",
     "axes",
 ]
 
@@ -109,13 +112,10 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-# The dashboard always sends a strict policy (flags.views.STRICT_CSP). CSP_STRICT=1 sends it on every
+# The dashboard always sends the strict policy (rolloutadmin/csp.py). CSP_STRICT=1 sends it on every
 # page, the admin included.
 if env_bool("CSP_STRICT"):
-    SECURE_CSP = {
-        "default-src": ["'self'"], "script-src": ["'self'"], "style-src": ["'self'"], "img-src": ["'self'", "data:"],
-        "object-src": ["'none'"], "base-uri": ["'none'"], "frame-ancestors": ["'none'"],
-    }
+    SECURE_CSP = STRICT_CSP
 
 ROOT_URLCONF = "rolloutadmin.urls"
 WSGI_APPLICATION = "rolloutadmin.wsgi.application"

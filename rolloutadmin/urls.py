@@ -4,6 +4,8 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from dashboard.urls import alert_urls, flag_urls
+
 from . import health, metrics_endpoint
 
 urlpatterns = [
@@ -17,6 +19,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("api.urls")),
-    path("", include("flags.urls")),
-    path("", include("alerts.urls")),
+    path("", include((flag_urls, "flags"))),
+    path("", include((alert_urls, "alerts"))),
 ]

@@ -1,4 +1,4 @@
-"""The audit log page (flags.views_audit) and its selector, through Django's test client."""
+"""The audit log page (dashboard.views.audit) and its selector, through Django's test client."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from dashboard.views.audit import cursor_text
 from flags import selectors, services
 from flags.actors import Actor
 from flags.models import ActorKind, AuditEntry, Source
-from flags.views_audit import cursor_text
 from tests.conftest import requires_postgres
 
 pytestmark = pytest.mark.django_db

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from dashboard.views.explain import explain, smallest_rollout_basis_points
 from flags import evaluation, services
 from flags.evaluation import FlagConfig, Reason
 from flags.models import Source
-from flags.views_explain import explain, smallest_rollout_basis_points
 from tests.conftest import shared_data
 
 MURMUR = shared_data("murmur3-bucket-vectors.json")["vectors"]

@@ -179,7 +179,7 @@ def test_creating_a_flag_audits_it_and_sends_the_browser_to_its_page(manager):
     entry = AuditEntry.objects.get(flag=flag)
     assert (entry.action, entry.actor, entry.actor_kind, entry.source) == ("create", "pm", "user", "ui")
     assert entry.after["enabled"] is False and entry.after["rollout_percentage"] == "0.00"
-    assert AlertRule.objects.filter(flag=flag).exists()  # flag_create's listeners ran too
+    assert AlertRule.objects.filter(flag=flag).exists()  # flag_created's receivers ran too
     assert manager.get(response["Location"]).status_code == 200
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from flags.templatetags.rollout_format import minutes, thousands, utc
+from dashboard.templatetags.rollout_format import minutes, thousands, utc
 
 
 def test_a_moment_is_shown_in_utc_with_seconds_and_says_so():

@@ -1,115 +1,34 @@
-"""The dashboard: every flag, and one flag's rollout controls, metrics, charts and audit trail.
+"""A flag's page: its rollout controls, metrics, charts and audit trail.
 
-Function views; an HTMX request gets one named partial of the page template. Viewers (group "Rollout
-viewers") see everything; managers ("Rollout managers") may also move the slider, flip the kill switch
-and keep lists. Everyone else gets 403.
+Function views; an HTMX request gets one named partial of the page template. Who may do what:
+dashboard.access.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
-from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from alerts import charts
+from alerts import charts, health
+from flags import selectors, services
+from flags.actors import Actor
+from flags.models import Flag, Source
 from monitoring import selectors as metrics
 
-from . import selectors, services
-from .actors import Actor
-from .models import Flag, Source
-
-VIEWERS = "Rollout viewers"
-MANAGERS = "Rollout managers"
-SESSION_ENDED = "Your session has ended: log in again, then retry. Nothing was changed."
-
-# The dashboard runs no inline script or style, so it can always send a strict policy.
-STRICT_CSP = {
-    "default-src": ["'self'"],
-    "script-src": ["'self'"],
-    "style-src": ["'self'"],
-    "img-src": ["'self'", "data:"],
-    "connect-src": ["'self'"],
-    "object-src": ["'none'"],
-    "base-uri": ["'none'"],
-    "frame-ancestors": ["'none'"],
-    "form-action": ["'self'"],
-}
-
-
-def _groups(user: Any) -> set[str]:
-    if not hasattr(user, "_rollout_groups"):
-        user._rollout_groups = set(user.groups.values_list("name", flat=True))
-    return user._rollout_groups
-
-
-def can_view(user: Any) -> bool:
-    return user.is_active and (user.is_superuser or bool(_groups(user) & {VIEWERS, MANAGERS}))
-
-
-def can_manage(user: Any) -> bool:
-    return user.is_active and (user.is_superuser or MANAGERS in _groups(user))
-
-
-def viewer_required(view):  # type: ignore[no-untyped-def]
-    logged_in = login_required(view)
-
-    @csp_override(STRICT_CSP)
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_authenticated:
-            if request.htmx:
-                # A redirect would be followed and the login page swapped into a panel: say it instead, next
-                # to the control (dashboard.js), and keep what the user typed.
-                return HttpResponse(SESSION_ENDED, status=401, content_type="text/plain; charset=utf-8")
-            return logged_in(request, *args, **kwargs)
-        if not can_view(request.user):
-            raise PermissionDenied("You need to be in the Rollout viewers or Rollout managers group.")
-        return view(request, *args, **kwargs)
-
-    return wrapper
-
-
-def manager_required(what: str):  # type: ignore[no-untyped-def]
-    """viewer_required, and 403 unless the user is a Rollout manager: `what` says what was refused."""
-
-    def decorate(view):  # type: ignore[no-untyped-def]
-        @viewer_required
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if not can_manage(request.user):
-                raise PermissionDenied(f"Only Rollout managers may {what}.")
-            return view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-def flag_or_404(key: str) -> Flag:
-    flag = selectors.flag_get(key)
-    if flag is None:
-        raise Http404(f"no flag {key!r}")
-    return flag
-
-
-def _window(request: HttpRequest) -> str:
-    window = request.GET.get("window", metrics.DEFAULT_WINDOW)
-    return window if window in metrics.WINDOWS else metrics.DEFAULT_WINDOW
+from ..access import can_manage, flag_or_404, manager_required, viewer_required
 
 
 def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
-    window = _window(request)
+    window = metrics.window_named(request.GET.get("window"))
     now = timezone.now()  # one moment for the numbers and the charts drawn from them
     summary = metrics.summary(flag, window, now)
     return {
@@ -139,8 +58,6 @@ def flag_detail(request: HttpRequest, key: str) -> HttpResponse:
 
 def _firing(flag: Flag) -> str:
     """Why raising this flag needs confirmation now: its open critical guardrail episodes, or ''."""
-    from alerts import health
-
     firing = health.firing_critical(flag)
     return health.firing_reason(firing) if firing else ""
 

@@ -10,10 +10,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from . import evaluation, selectors
-from .evaluation import Reason
-from .models import validate_user_id
-from .views import flag_or_404, viewer_required
+from flags import evaluation, selectors
+from flags.evaluation import Reason
+from flags.models import validate_user_id
+
+from ..access import flag_or_404, viewer_required
 
 CENT = Decimal("0.01")
 

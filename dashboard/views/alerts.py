@@ -12,14 +12,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
+from alerts import health, plans, services
+from alerts.models import OPEN_STATES, Alert, AlertState, PlanState, RolloutPlan, Severity
 from flags import selectors
 from flags.actors import Actor
 from flags.models import Flag
-from flags.views import can_manage, flag_or_404, manager_required, viewer_required
 from monitoring import selectors as metrics
 
-from . import health, plans, services
-from .models import OPEN_STATES, Alert, AlertState, PlanState, RolloutPlan, Severity
+from ..access import can_manage, flag_or_404, manager_required, viewer_required
 
 
 def _alerts_panel(request: HttpRequest, flag: Flag, **extra: Any) -> HttpResponse:
@@ -49,8 +49,7 @@ def flag_guardrails(request: HttpRequest, key: str) -> HttpResponse:
     """One tile per enabled rule: its state on the current stage, estimate, interval, threshold, the CUSUM of
     the recent minutes, and the estimate with its interval over the page's window."""
     flag = flag_or_404(key)
-    window = request.GET.get("window", metrics.DEFAULT_WINDOW)
-    window = window if window in metrics.WINDOWS else metrics.DEFAULT_WINDOW
+    window = metrics.window_named(request.GET.get("window"))
     now = timezone.now()
     stage, results = health.flag_health(flag, now)
     series = health.guardrail_series(flag, [result.rule for result in results], window, now)

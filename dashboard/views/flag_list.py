@@ -14,11 +14,11 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from alerts.plans import plan_stages_by_flag
 from alerts.selectors import open_alerts_by_flag
+from flags import selectors, services
+from flags.actors import Actor
+from flags.models import KEY_VALIDATOR, Flag, Source
 
-from . import selectors, services
-from .actors import Actor
-from .models import KEY_VALIDATOR, Flag, Source
-from .views import can_manage, manager_required, viewer_required
+from ..access import can_manage, manager_required, viewer_required
 
 
 @require_GET

@@ -18,9 +18,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from . import selectors
-from .models import AuditEntry, Flag, Source
-from .views import viewer_required
+from flags import selectors
+from flags.models import AuditEntry, Flag, Source
+
+from ..access import viewer_required
 
 FILTERS = ("flag", "actor", "source", "action")
 # A page position in a URL: the (created_at, id) of the entry a page starts after, e.g.
