@@ -11,7 +11,7 @@ import pytest
 import semver
 
 from flags import evaluation, targeting
-from flags.evaluation import FlagConfig, Reason, evaluate
+from flags.evaluation import FlagConfig, evaluate
 from flags.targeting import RuleError, condition, rule_from_json, rules_from_json, segment_from_json
 
 VECTORS = json.loads((Path(__file__).parent.parent / "data" / "targeting-vectors.json").read_text())
@@ -52,7 +52,7 @@ def test_a_condition_that_cannot_be_saved_is_refused_naming_its_field(case):
 
 
 def test_a_bad_regular_expression_is_refused_quietly_with_re2s_reason(capfd):
-    with pytest.raises(RuleError, match="not a valid RE2 regular expression: .*missing \\)"):
+    with pytest.raises(RuleError, match=r"not a valid RE2 regular expression: .*missing \)"):
         condition("e", "matches", ["(unclosed"])
     assert capfd.readouterr().err == ""  # RE2 logs refused patterns to stderr unless told not to
 
