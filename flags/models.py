@@ -30,7 +30,8 @@ def validate_user_id(value: str) -> None:
 
 # The settings that decide who gets a flag: a change to any of them starts a new rollout stage, and the
 # guardrails' statistics start again (alerts.guardrails).
-EXPOSURE_FIELDS = ("enabled", "rollout_percentage", "bucketing", "salt", "treatment_mode", "baseline_mode")
+EXPOSURE_FIELDS = ("enabled", "rollout_percentage", "bucketing", "salt", "treatment_mode", "baseline_mode",
+                   "rules")
 
 
 class Bucketing(models.TextChoices):
@@ -77,10 +78,13 @@ class Flag(models.Model):
         "each user's answer become visible to anyone who loads that page.",
     )
     version = models.PositiveBigIntegerField(default=1, editable=False)
+    # Targeting rules in order (flags/targeting.py's JSON form: id, serve, percentage, conditions, segment
+    # by key), checked between the deny list and the default rollout. Written by flags.services only.
+    rules = models.JSONField(default=list, blank=True, editable=False)
     treatment_mode = models.CharField(max_length=MODE_MAX_LENGTH, default="patch", validators=[MODE_VALIDATOR])
     baseline_mode = models.CharField(max_length=MODE_MAX_LENGTH, default="single", validators=[MODE_VALIDATOR])
     created_at = models.DateTimeField(auto_now_add=True)
-    # Set by the services (flags.services._bump) from their `now`, so a simulated check records its time.
+    # Set by the services (flags.services.base._bump) from their `now`, so a simulated check records its time.
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -175,13 +179,17 @@ class AuditEntry(models.Model):
     # foreign key's ON DELETE SET NULL would be an UPDATE of an append-only row.
     actor = models.CharField(max_length=200)
     source = models.CharField(max_length=10, choices=Source.choices)
-    flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="audit_entries")
-    flag_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True)
+    # The flag changed, or none: a segment's change (segment_key) is one entry of its own, which lists the
+    # flags whose rules name the segment in after["flags"]; each of them shows it in its history.
+    flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="audit_entries", null=True, blank=True)
+    flag_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True, blank=True)
+    segment_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True, blank=True)
     action = models.CharField(max_length=40)
     before = models.JSONField(default=dict, blank=True)
     after = models.JSONField(default=dict, blank=True)
     reason = models.TextField(blank=True)
-    flag_version = models.PositiveBigIntegerField(help_text="The flag's version after this change.")
+    flag_version = models.PositiveBigIntegerField(
+        help_text="The flag's version after this change (a segment's, for a segment's change).")
 
     objects = AuditQuerySet.as_manager()
 
@@ -191,7 +199,8 @@ class AuditEntry(models.Model):
         indexes = [models.Index(fields=["flag", "-created_at"], name="audit_flag_recent_idx")]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.flag_key} {self.action} by {self.actor}"
+        subject = self.flag_key or f"segment {self.segment_key}"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {subject} {self.action} by {self.actor}"
 
     def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not self._state.adding:
@@ -262,3 +271,45 @@ class ConfigStamp(models.Model):
 
     def __str__(self) -> str:
         return f"config version {self.version}"
+
+
+class Segment(models.Model):
+    """A named, reusable set of users for targeting rules (flags/targeting.py): included user ids, or anyone
+    whose context matches every condition; excluded ids never. Written by flags.services only."""
+
+    key = models.CharField(max_length=KEY_MAX_LENGTH, unique=True, validators=[KEY_VALIDATOR],
+                           help_text="Rules name the segment by this key; immutable once created.")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    conditions = models.JSONField(default=list, blank=True, editable=False)
+    version = models.PositiveBigIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class MemberKind(models.TextChoices):
+    INCLUDED = "included", "included (always in the segment)"
+    EXCLUDED = "excluded", "excluded (never in the segment)"
+
+
+class SegmentMember(models.Model):
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="members")
+    user_id = models.CharField(max_length=USER_ID_MAX_LENGTH, validators=[validate_user_id])
+    kind = models.CharField(max_length=8, choices=MemberKind.choices)
+
+    class Meta:
+        ordering = ["segment", "kind", "user_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "user_id"], name="segment_member_one_kind_per_user"),
+            models.CheckConstraint(condition=models.Q(kind__in=["included", "excluded"]),
+                                   name="segment_member_kind_known"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.segment.key}: {self.kind} {self.user_id}"

@@ -43,6 +43,7 @@ import re2
 import semver
 
 ATTRIBUTE_MAX_LENGTH = 100
+CONDITIONS_MAX = 20  # of one rule or segment
 VALUES_MAX = 1_000  # values of one condition; a larger set of users belongs in a segment's id list
 VALUE_MAX_LENGTH = 1_000
 PATTERN_MAX_LENGTH = 256
@@ -269,8 +270,10 @@ def condition(attribute: object, operator: object, values: object) -> Condition:
 
 def conditions_from_json(items: object) -> tuple[Condition, ...]:
     """Conditions from their JSON form (a list of {"attribute", "operator", "values"})."""
-    if not isinstance(items, list):
+    if not isinstance(items, list | tuple):
         raise RuleError("conditions", "a list of conditions")
+    if len(items) > CONDITIONS_MAX:
+        raise RuleError("conditions", f"at most {CONDITIONS_MAX} conditions")
     built = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -499,3 +502,14 @@ def rules_from_json(items: object, segments: Mapping[str, Segment] | None = None
     if duplicate is not None:
         raise RuleError(f"rules[{ids.index(duplicate, ids.index(duplicate) + 1)}].id", f"{duplicate!r} is used twice")
     return tuple(rules)
+
+
+def rule_json(rule: Rule) -> dict[str, object]:
+    """A rule's JSON form, as stored and shown (rule_from_json reads it back): its segment by key."""
+    data: dict[str, object] = {"id": rule.id, "serve": rule.serve}
+    if rule.serve == Serve.PERCENTAGE:
+        data["percentage"] = rule.basis_points // 100 if rule.basis_points % 100 == 0 else rule.basis_points / 100
+    if rule.segment is not None:
+        data["segment"] = rule.segment.key
+    data["conditions"] = [c.as_json() for c in rule.conditions]
+    return data

@@ -8,6 +8,7 @@ this package's names (`from flags import services; services.flag_update(...)`):
 - `flags.py`: flags (create, update, the rollout, the first start's flag) and the rules their writes
   follow; flag_create and flag_update send flags.signals.flag_created and exposure_changed;
 - `overrides.py`: allow and deny lists, one user at a time and in bulk;
+- `targeting.py`: a flag's targeting rules, and segments (flags/targeting.py defines what they mean);
 - `base.py`: what every write shares (errors, the row lock, the version, the audit entry).
 """
 
@@ -38,6 +39,13 @@ from .overrides import (
     parse_user_id_list,
     parse_user_ids,
 )
+from .targeting import (
+    SegmentNotFound,
+    flag_set_rules,
+    segment_create,
+    segment_delete,
+    segment_update,
+)
 
 __all__ = [
     "DEFAULT_FLAG_KEY",
@@ -48,10 +56,12 @@ __all__ = [
     "BulkReport",
     "FlagNotFound",
     "ParsedIds",
+    "SegmentNotFound",
     "VersionConflict",
     "ensure_default_flag",
     "flag_create",
     "flag_set_rollout",
+    "flag_set_rules",
     "flag_state",
     "flag_update",
     "override_add",
@@ -65,4 +75,7 @@ __all__ = [
     "require_reason",
     "reshuffles",
     "rollout_needs_confirmation",
+    "segment_create",
+    "segment_delete",
+    "segment_update",
 ]

@@ -346,3 +346,14 @@ def test_filtering_by_flag_can_start_in_the_flag_index_at_the_position(flag, lon
     assert f"flag_id = {flag.pk}" in condition[1], plan
     if position != "none":
         assert {"before": "created_at <= ", "after": "created_at >= "}[position] in condition[1], plan
+
+
+def test_a_segments_change_is_a_row_of_its_own_naming_the_segment(viewer, history):
+    services.segment_create(key="beta", name="Beta", included=["b1"], actor=Actor(ActorKind.USER, "carol"),
+                            source=Source.UI, reason="beta opens")
+    response = viewer.get(AUDIT)
+    assert response.status_code == 200
+    assert actions(response)[0] == "segment_create"
+    assert rows(response)[0].endswith("UTC segment beta carol (user) dashboard segment_create 6 fields "
+                                      "conditions: 0 items description: (empty) excluded: 0 items flags: 0 items "
+                                      "included: 1 item name: Beta beta opens")
