@@ -23,7 +23,7 @@ class NotificationInline(admin.TabularInline):
     model = Notification
     extra = 0
     can_delete = False
-    readonly_fields = ["event", "channel", "status", "attempts", "last_error", "created_at", "sent_at"]
+    readonly_fields = ("event", "channel", "status", "attempts", "last_error", "created_at", "sent_at")
     fields = readonly_fields
 
     def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]

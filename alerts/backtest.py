@@ -112,7 +112,7 @@ def _shadow(flag: Flag, state: dict[str, Any], rules: list[AlertRule]) -> Flag:
 def _copy_rollups(flag: Flag, shadow: Flag, start: datetime, end: datetime) -> None:
     """The flag's own rollups in [start, end), as the shadow's (one INSERT ... SELECT, no row locks)."""
     table = connection.ops.quote_name(Rollup._meta.db_table)
-    names = [f.column for f in Rollup._meta.concrete_fields if f.column not in {"id", "flag_key"}]
+    names = [f.column for f in Rollup._meta.concrete_fields if f.column and f.column not in {"id", "flag_key"}]
     columns = ", ".join(connection.ops.quote_name(name) for name in names)
     key, bucket = connection.ops.quote_name("flag_key"), connection.ops.quote_name("bucket_start")
     with connection.cursor() as cursor:

@@ -20,8 +20,8 @@ class Metric(models.TextChoices):
     TOKENS_RATIO = guardrails.TOKENS_RATIO, "treatment avg tokens per call / baseline avg tokens per call"
 
 
-UNITS = {Metric.ERROR_RATE: "%", Metric.SUCCESS_RATE: "%", Metric.ERROR_RATE_DELTA: " points",
-         Metric.LATENCY_RATIO: "x baseline", Metric.TOKENS_RATIO: "x baseline"}
+UNITS: dict[str, str] = {Metric.ERROR_RATE: "%", Metric.SUCCESS_RATE: "%", Metric.ERROR_RATE_DELTA: " points",
+                         Metric.LATENCY_RATIO: "x baseline", Metric.TOKENS_RATIO: "x baseline"}
 
 
 class Comparison(models.TextChoices):

@@ -16,6 +16,7 @@ once. Every time written (episodes, notifications, audit entries, plan changes) 
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -106,7 +107,7 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
         queued = timezone.now()
         notification = Notification.objects.create(alert=alert, event=event, channel=channel, created_at=now,
                                                    queued_at=queued, next_attempt_at=queued + notify.grace())
-        transaction.on_commit(lambda pk=notification.pk: _enqueue(pk))
+        transaction.on_commit(functools.partial(_enqueue, notification.pk))
 
 
 def _enqueue(notification_id: int) -> None:
@@ -208,10 +209,10 @@ def check_all(*, now: datetime | None = None, dry_run: bool = False,
     """Check every flag. A first pass reads without locks; only a flag with a regressing rule or an open
     alert (something to open, update, remediate or resolve) is checked again under its row lock."""
     now = now or timezone.now()
-    flags = Flag.objects.order_by("key")
+    query = Flag.objects.order_by("key")
     if flag_key:
-        flags = flags.filter(key=flag_key)
-    flags = list(flags)
+        query = query.filter(key=flag_key)
+    flags = list(query)
     rules: dict[int, list[AlertRule]] = {}
     for rule in AlertRule.objects.filter(enabled=True, flag__in=flags).order_by("id"):
         rules.setdefault(rule.flag_id, []).append(rule)

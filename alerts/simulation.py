@@ -114,8 +114,8 @@ def run(scenario: Scenario, seed: int, *, key: str | None = None, start: datetim
                 break
     for alert in Alert.objects.filter(flag__key=key).select_related("rule").order_by("opened_at"):
         outcome.episodes.append((alert.rule.name, int((alert.opened_at - start).total_seconds() // 60) - 1))
-    plan = plans.RolloutPlan.objects.filter(flag__key=key).first()
-    outcome.plan_state = plan.state if plan else ""
+    final = plans.RolloutPlan.objects.filter(flag__key=key).first()
+    outcome.plan_state = final.state if final else ""
     return outcome
 
 

@@ -7,6 +7,7 @@ Content-Security-Policy (rolloutadmin/csp.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csp import csp_override
+from django_htmx.middleware import HtmxDetails
 
 from flags import selectors
 from flags.models import Flag
@@ -22,6 +24,15 @@ from rolloutadmin.csp import STRICT_CSP
 VIEWERS = "Rollout viewers"
 MANAGERS = "Rollout managers"
 SESSION_ENDED = "Your session has ended: log in again, then retry. Nothing was changed."
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request as the dashboard's views see it: django-htmx's middleware sets `htmx` on every one."""
+
+    htmx: HtmxDetails
+
+
+View = Callable[..., HttpResponse]
 
 
 def _groups(user: Any) -> set[str]:
@@ -38,12 +49,12 @@ def can_manage(user: Any) -> bool:
     return user.is_active and (user.is_superuser or MANAGERS in _groups(user))
 
 
-def viewer_required(view):  # type: ignore[no-untyped-def]
+def viewer_required(view: View) -> View:
     logged_in = login_required(view)
 
     @csp_override(STRICT_CSP)
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
             if request.htmx:
                 # A redirect would be followed and the login page swapped into a panel: say it instead, next
@@ -57,10 +68,10 @@ def viewer_required(view):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-def manager_required(what: str):  # type: ignore[no-untyped-def]
+def manager_required(what: str) -> Callable[[View], View]:
     """viewer_required, and 403 unless the user is a Rollout manager: `what` says what was refused."""
 
-    def decorate(view):  # type: ignore[no-untyped-def]
+    def decorate(view: View) -> View:
         @viewer_required
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

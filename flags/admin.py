@@ -59,7 +59,7 @@ class FlagAdminForm(forms.ModelForm):
             self.fields["name"].help_text = "Defaults to the key."
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}  # Django's clean() returns cleaned_data, typed as optional
         if not cleaned.get("salt"):
             cleaned["salt"] = cleaned.get("key") or self.instance.key  # the salt defaults to the key
         if not self.instance.pk:
@@ -148,7 +148,8 @@ class FlagAdmin(admin.ModelAdmin):
         at = getattr(obj, "last_change_at", None)
         if at is None:
             return "-"
-        return f"{timezone.localtime(at):%Y-%m-%d %H:%M} by {obj.last_change_by} ({obj.last_change_action})"
+        by, action = getattr(obj, "last_change_by", ""), getattr(obj, "last_change_action", "")  # annotations
+        return f"{timezone.localtime(at):%Y-%m-%d %H:%M} by {by} ({action})"
 
     @admin.display(description="list sizes")
     def list_sizes(self, obj: Flag) -> str:
@@ -342,7 +343,7 @@ class BulkListForm(forms.Form):
     reason = forms.CharField(required=False, max_length=1000, help_text="Kept in the audit log.")
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}  # Django's clean() returns cleaned_data, typed as optional
         text = cleaned.get("text") or ""
         upload = cleaned.get("file")
         if upload is not None:
@@ -444,16 +445,18 @@ def _csv_safe(value: str) -> str:
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "flag_key", "action", "actor", "source", "flag_version", "short_reason"]
+    list_display = ["created_at", "flag_key", "segment_key", "action", "actor", "source", "flag_version",
+                    "short_reason"]
     list_filter = ["source", "action", "actor_kind", "flag", "created_at"]
-    search_fields = ["actor", "flag_key", "reason", "action"]
+    search_fields = ["actor", "flag_key", "segment_key", "reason", "action"]
     date_hierarchy = "created_at"
     change_list_template = "admin/flags/auditentry/change_list.html"
     actions = None
     list_per_page = 100
-    fields = [
+    fields = (
         "created_at",
         "flag_key",
+        "segment_key",
         "flag_version",
         "action",
         "actor_kind",
@@ -462,7 +465,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         "reason",
         "before_pretty",
         "after_pretty",
-    ]
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -162,7 +162,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
+            "NAME": str(VAR_DIR / "db.sqlite3"),
             "OPTIONS": dict(SQLITE_OPTIONS),
             # A file, not memory, so that tests can run real server processes against it.
             "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
@@ -389,7 +389,8 @@ if LOG_FORMAT not in _LOG_FORMATTERS:
 # No format shows the thread, the multiprocessing process name or the asyncio task: logging need not look
 # them up for every record (part of each request line's 15 us, measured here). The process id stays:
 # gunicorn's own format shows it.
-logging.logThreads = logging.logMultiprocessing = logging.logAsyncioTasks = False
+logging.logThreads = logging.logMultiprocessing = False
+logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+; typeshed has not caught up
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -74,7 +75,7 @@ def flag_plan(request: HttpRequest, key: str) -> HttpResponse:
     return render(request, "alerts/panels.html#plan", _plan_context(request, flag_or_404(key)))
 
 
-PLAN_ACTIONS = {
+PLAN_ACTIONS: dict[str, Callable[..., RolloutPlan]] = {
     "start": plans.plan_start,
     "pause": plans.plan_pause,
     "resume": plans.plan_resume,

@@ -14,14 +14,15 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.db import models
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from flags import selectors
 from flags.models import AuditEntry, Flag, Source
 
-from ..access import viewer_required
+from ..access import HtmxHttpRequest, viewer_required
 
 FILTERS = ("flag", "actor", "source", "action")
 # A page position in a URL: the (created_at, id) of the entry a page starts after, e.g.
@@ -47,7 +48,10 @@ def parse_cursor(text: str) -> selectors.AuditCursor:
 
 
 def _max_length(name: str) -> int:
-    return AuditEntry._meta.get_field(name).max_length  # type: ignore[return-value]  # CharFields have one
+    field = AuditEntry._meta.get_field(name)
+    if not isinstance(field, models.CharField) or field.max_length is None:
+        raise TypeError(f"AuditEntry.{name} has no maximum length")
+    return field.max_length
 
 
 class AuditFilterForm(forms.Form):
@@ -103,7 +107,7 @@ def _page_url(filters: dict[str, str], **position: str) -> str:
 
 @require_GET
 @viewer_required
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     # A history restore (back after a filter pushed its URL) needs the whole page, not the table.
     partial = bool(request.htmx) and not request.htmx.history_restore_request
     template = "flags/audit.html" + ("#audit-table" if partial else "")
@@ -114,7 +118,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         context |= {"flag_keys": selectors.flag_keys(), "sources": Source.choices}
     form = AuditFilterForm(request.GET)
     if not form.is_valid():
-        errors = [(form.fields[name].label if name in form.fields else "", " ".join(messages))
+        errors = [(form.fields[name].label if name in form.fields else "", " ".join(str(m) for m in messages))
                   for name, messages in form.errors.items()]
         return render(request, template, {**context, "errors": errors}, status=400)
     data = form.cleaned_data

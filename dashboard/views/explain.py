@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
@@ -14,7 +15,7 @@ from flags import evaluation, selectors
 from flags.evaluation import Reason
 from flags.models import validate_user_id
 
-from ..access import flag_or_404, viewer_required
+from ..access import HtmxHttpRequest, flag_or_404, viewer_required
 
 CENT = Decimal("0.01")
 
@@ -95,12 +96,12 @@ def explain(flag: evaluation.FlagConfig, user_id: str) -> Explanation:
 
 @require_http_methods(["GET", "POST"])
 @viewer_required
-def flag_explain(request: HttpRequest, key: str) -> HttpResponse:
+def flag_explain(request: HtmxHttpRequest, key: str) -> HttpResponse:
     """Read-only, so viewers may use it. An HTMX request gets the result alone (the box keeps what was typed)."""
     flag = flag_or_404(key)
     data = request.POST if request.method == "POST" else request.GET
     template = "flags/_explain.html#" + ("explain-result" if request.htmx else "explain")
-    context = {"flag": flag}
+    context: dict[str, Any] = {"flag": flag}
     if "user_id" not in data:
         return render(request, template, context)
     user_id = data["user_id"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -24,10 +24,10 @@ from flags.actors import Actor
 from flags.models import Flag, Source
 from monitoring import selectors as metrics
 
-from ..access import can_manage, flag_or_404, manager_required, viewer_required
+from ..access import HtmxHttpRequest, can_manage, flag_or_404, manager_required, viewer_required
 
 
-def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
+def _detail_context(request: HtmxHttpRequest, flag: Flag, **extra: Any) -> dict[str, Any]:
     window = metrics.window_named(request.GET.get("window"))
     now = timezone.now()  # one moment for the numbers and the charts drawn from them
     summary = metrics.summary(flag, window, now)
@@ -47,7 +47,7 @@ def _detail_context(request: HttpRequest, flag: Flag, **extra: Any) -> dict[str,
 
 @require_GET
 @viewer_required
-def flag_detail(request: HttpRequest, key: str) -> HttpResponse:
+def flag_detail(request: HtmxHttpRequest, key: str) -> HttpResponse:
     flag = flag_or_404(key)
     template = "flags/flag_detail.html"
     partial = request.GET.get("partial")
@@ -62,14 +62,14 @@ def _firing(flag: Flag) -> str:
     return health.firing_reason(firing) if firing else ""
 
 
-def _controls_context(request: HttpRequest, flag: Flag) -> dict[str, Any]:
+def _controls_context(request: HtmxHttpRequest, flag: Flag) -> dict[str, Any]:
     """What the controls partial needs, on the full page and in every answer to a control."""
     return {"flag": flag, "can_manage": can_manage(request.user), "last_change": selectors.last_change(flag),
             "firing": _firing(flag), "reason_required": settings.DASHBOARD_REASON_REQUIRED,
             "big_step": services.ROLLOUT_BIG_STEP}
 
 
-def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
+def _controls(request: HtmxHttpRequest, flag: Flag, *, status: int = 200, **extra: Any) -> HttpResponse:
     context = {**_controls_context(request, flag), **extra}
     response = render(request, "flags/flag_detail.html#controls", context, status=status)
     if extra.get("changed"):
@@ -77,13 +77,13 @@ def _controls(request: HttpRequest, flag: Flag, *, status: int = 200, **extra: A
     return response
 
 
-def _expected_version(request: HttpRequest) -> int | None:
+def _expected_version(request: HtmxHttpRequest) -> int | None:
     raw = request.POST.get("expected_version", "")
     # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
     return int(raw) if re.fullmatch(r"[0-9]{1,18}", raw) else None
 
 
-def _write(request: HttpRequest, flag: Flag, service: Callable[..., Flag], **kwargs: Any) -> Flag | HttpResponse:
+def _write(request: HtmxHttpRequest, flag: Flag, service: Callable[..., Flag], **kwargs: Any) -> Flag | HttpResponse:
     """Apply a change from the controls as the request's user: the changed flag, or the panel that refuses
     it (409 with the current state when the flag has moved on, 400 when the change is invalid)."""
     try:
@@ -96,7 +96,7 @@ def _write(request: HttpRequest, flag: Flag, service: Callable[..., Flag], **kwa
 
 @require_POST
 @manager_required("change a rollout")
-def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
+def flag_rollout(request: HtmxHttpRequest, key: str) -> HttpResponse:
     """The slider, applied on release. A big raise must be confirmed (services.rollout_needs_confirmation)."""
     flag = flag_or_404(key)
     try:
@@ -129,7 +129,7 @@ def flag_rollout(request: HttpRequest, key: str) -> HttpResponse:
 
 @require_POST
 @manager_required("flip the kill switch")
-def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
+def flag_enabled(request: HtmxHttpRequest, key: str) -> HttpResponse:
     """The kill switch."""
     flag = flag_or_404(key)
     wanted = request.POST.get("enabled")
@@ -160,7 +160,7 @@ def flag_enabled(request: HttpRequest, key: str) -> HttpResponse:
 
 @require_POST
 @manager_required("change who may evaluate a flag")
-def flag_client_side(request: HttpRequest, key: str) -> HttpResponse:
+def flag_client_side(request: HtmxHttpRequest, key: str) -> HttpResponse:
     """Whether client keys (a browser's, scope `client`) may evaluate the flag. Audited like any change."""
     flag = flag_or_404(key)
     wanted = request.POST.get("client_side")

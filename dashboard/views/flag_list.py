@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -18,12 +18,12 @@ from flags import selectors, services
 from flags.actors import Actor
 from flags.models import KEY_VALIDATOR, Flag, Source
 
-from ..access import can_manage, manager_required, viewer_required
+from ..access import HtmxHttpRequest, can_manage, manager_required, viewer_required
 
 
 @require_GET
 @viewer_required
-def flag_list(request: HttpRequest) -> HttpResponse:
+def flag_list(request: HtmxHttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()
     template = "flags/flag_list.html"
     # A history restore (back button after a search pushed its URL) needs the whole page, not the table.
@@ -55,7 +55,7 @@ class FlagForm(forms.ModelForm):
 
 @require_http_methods(["GET", "POST"])
 @manager_required("create flags")
-def flag_new(request: HttpRequest) -> HttpResponse:
+def flag_new(request: HtmxHttpRequest) -> HttpResponse:
     """A new flag starts disabled at 0% (flag_create's defaults): creating it exposes nobody."""
     template = "flags/flag_new.html"
     if request.htmx:
