@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 
 from .keys import hash_secret
 from .snapshot import KeyInfo, store
@@ -62,6 +63,16 @@ def max_body_bytes() -> int:
 
 
 _READ_CHUNK = 64 * 1024
+EMPTY_BODY = "the request body is empty; send a JSON object"
+
+
+def content_length(raw: object) -> int | None:
+    """A Content-Length header's value, or None when there is none (or it is no number)."""
+    text = str(raw or "").strip()
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
 
 
 def read_at_most(stream: Any, limit: int) -> tuple[bytes, bool]:
@@ -83,30 +94,68 @@ def read_at_most(stream: Any, limit: int) -> tuple[bytes, bool]:
     return b"".join(parts), False
 
 
-def body_from_environ(environ: dict[str, Any], limit: int) -> tuple[bytes, bool]:
-    """The request body of a WSGI environ and whether it is over the limit (then not read at all).
+def read_body(stream: Any, length: int | None, limit: int, *, to_the_end: bool) -> tuple[bytes, bool]:
+    """The request body and whether it is over the limit (then not read at all): the one reader of the
+    API, for the lean WSGI path and the Django views alike.
 
     With a Content-Length, exactly that many bytes (refused unread when over the limit). Without one, a
     chunked body (Transfer-Encoding: chunked, which the server de-chunks) is read until the end of the
-    stream, up to limit + 1 bytes, when the server says the stream ends with the body
-    (`wsgi.input_terminated`, as gunicorn does); a server that does not say so gets no body read, since
+    stream, up to limit + 1 bytes, when the server says the stream ends with the body (`to_the_end`:
+    `wsgi.input_terminated`, as gunicorn sets it); a server that does not say so gets no body read, since
     reading could wait for bytes that never come.
     """
-    stream = environ.get("wsgi.input")
-    raw_length = str(environ.get("CONTENT_LENGTH") or "").strip()
-    try:
-        length = int(raw_length) if raw_length else None
-    except ValueError:
-        length = None
     if length is not None and length > limit:
         return b"", True
     if stream is None:
         return b"", False
     if length is not None:
-        return (stream.read(length) if length > 0 else b""), False
-    if environ.get("wsgi.input_terminated"):
+        body = stream.read(length) if length > 0 else b""
+        return (b"", True) if len(body) > limit else (body, False)
+    if to_the_end:
         return read_at_most(stream, limit)
     return b"", False
+
+
+def body_from_environ(environ: dict[str, Any], limit: int) -> tuple[bytes, bool]:
+    """The body of a WSGI environ (the lean path), by read_body."""
+    return read_body(environ.get("wsgi.input"), content_length(environ.get("CONTENT_LENGTH")), limit,
+                     to_the_end=bool(environ.get("wsgi.input_terminated")))
+
+
+def body_from_request(request: HttpRequest) -> tuple[bytes, bool]:
+    """The body of a Django request, by read_body, read once and kept as Django keeps it (request.body).
+
+    Django bounds its stream by CONTENT_LENGTH; a chunked body reaches it buffered with its length
+    (api.fastpath.buffer_chunked_body)."""
+    cached: tuple[bytes, bool] | None = getattr(request, "_api_body", None)
+    if cached is None:
+        cached = read_body(request, content_length(request.META.get("CONTENT_LENGTH")), max_body_bytes(),
+                           to_the_end=False)
+        if not cached[1]:
+            # Django's own cache of request.body, so that what reads request.body later (django-ninja's body
+            # parameters) gets these bytes instead of RawPostDataException.
+            request._body = cached[0]
+        request._api_body = cached  # type: ignore[attr-defined]  # read once per request
+    return cached
+
+
+def request_from_django(request: HttpRequest) -> Req:
+    """A Django request as a Req, for the handlers of api/hot.py and the management API's authentication."""
+    body, too_large = body_from_request(request)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    query = {k: request.GET.getlist(k) for k in request.GET}
+    return Req(request.method or "GET", request.path_info, query, headers, body, too_large,
+               request.META.get("REMOTE_ADDR") or "")
+
+
+def http_response(resp: Resp) -> HttpResponse:
+    """A Resp as Django's HttpResponse, headers as they are (JSON unless the Resp says otherwise)."""
+    response = HttpResponse(resp.body, status=resp.status, content_type=None)
+    if not any(name.lower() == "content-type" for name, _ in resp.headers) and resp.status != 304:
+        response["Content-Type"] = JSON_TYPE
+    for name, value in resp.headers:
+        response[name] = value
+    return response
 
 
 class BadJson(Exception):
@@ -119,7 +168,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 def parse_json(body: bytes) -> Any:
     """JSON from a UTF-8 body; lone surrogates (which no UTF-8 text can hold) are refused like bad JSON."""
     if not body.strip():
-        raise BadJson("the request body is empty; send a JSON object")
+        raise BadJson(EMPTY_BODY)
     try:
         text = body.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
         data = json.loads(text)

@@ -11,6 +11,7 @@ import logging
 import tempfile
 from http import HTTPStatus
 from time import perf_counter
+from typing import Any
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -19,7 +20,7 @@ from rolloutadmin import health, metrics, outage
 
 from . import cors
 from .core import Req, Resp, body_from_environ, max_body_bytes
-from .routing import dispatch
+from .routing import dispatch, is_hot
 
 logger = logging.getLogger("rolloutadmin.api")
 
@@ -31,7 +32,7 @@ def _reason(status: int) -> str:
         return str(status)
 
 
-def request_from_environ(environ: dict) -> Req:
+def request_from_environ(environ: dict[str, Any]) -> Req:
     headers = {
         name[5:].replace("_", "-").lower(): value for name, value in environ.items() if name.startswith("HTTP_")
     }
@@ -60,7 +61,7 @@ def _too_large(environ, start_response):  # type: ignore[no-untyped-def]
     return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
 
-def buffer_chunked_body(environ: dict):  # type: ignore[no-untyped-def]
+def buffer_chunked_body(environ: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Give Django a chunked body (no Content-Length) it can read; None, or a WSGI app answering 413.
 
     Django reads exactly CONTENT_LENGTH bytes and takes a missing one as an empty body. A server that
@@ -102,8 +103,7 @@ class FastPath:
         path = environ.get("PATH_INFO", "")
         if path in health.PATHS:
             return self.health(environ, start_response, health.PATHS[path])
-        if not (path.startswith(("/ofrep/", "//ofrep/", "/api/v1/evaluate")) or path.endswith(("/evaluate",
-                                                                                                  "/evaluate/"))):
+        if not is_hot(path):
             if not environ.get("CONTENT_LENGTH") and environ.get("HTTP_TRANSFER_ENCODING"):
                 refused = buffer_chunked_body(environ)
                 if refused is not None:
