@@ -9,7 +9,7 @@ from bench.common import print_table, setup_django, throwaway_database
 
 # name -> needs a database
 BENCHES = {"evaluation": False, "lists": True, "api": True, "monitoring": True, "alerts": True, "guardrails": True,
-           "servers": True, "outage": True}
+           "servers": True, "outage": True, "snapshot": True}
 
 
 def main(argv: list[str]) -> int:

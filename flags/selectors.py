@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,17 +43,45 @@ def flag_config(flag: Flag) -> evaluation.FlagConfig:
 
 
 def all_flag_configs() -> dict[str, evaluation.FlagConfig]:
-    """Every flag with its lists in two queries: the evaluation snapshot."""
-    lists: dict[int, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
-    for flag_id, user_id, kind in UserOverride.objects.values_list("flag_id", "user_id", "kind").iterator(
-        chunk_size=10_000
-    ):
-        lists[flag_id][0 if kind == OverrideKind.ALLOW else 1].add(user_id)
-    configs = {}
-    for flag in Flag.objects.all():
-        allow, deny = lists.get(flag.pk, (set(), set()))
-        configs[flag.key] = _to_config(flag, frozenset(allow), frozenset(deny))
-    return configs
+    """Every flag with its lists, by key."""
+    return {config.key: config for config in flag_configs_by_id().values()}
+
+
+def flag_versions() -> list[tuple[int, str, int]]:
+    """(id, key, version) of every flag: what an evaluating process compares with the flags it holds to know
+    which ones changed (a version moves on every change of a flag, its lists included)."""
+    return list(Flag.objects.values_list("id", "key", "version"))
+
+
+# A query's parameters stay under SQLite's limit; PostgreSQL takes more but gains nothing from it.
+_IDS_PER_QUERY = 500
+
+
+def flag_configs_by_id(ids: Collection[int] | None = None) -> dict[int, evaluation.FlagConfig]:
+    """The flags with these ids (every flag: None) with their lists, by flag id; ids gone are left out.
+
+    The rows are read before the lists: a config is never older than the version it carries, so a reader
+    that compares versions cannot miss a list change committed in between (it reads that flag again at its
+    next check). A user id on several lists is stored once (the database hands every row its own string).
+    """
+    if ids is not None:
+        wanted = sorted(set(ids))
+        chunks = [wanted[i : i + _IDS_PER_QUERY] for i in range(0, len(wanted), _IDS_PER_QUERY)]
+        flags = [flag for chunk in chunks for flag in Flag.objects.filter(pk__in=chunk)]
+        queries = [UserOverride.objects.filter(flag_id__in=chunk) for chunk in chunks]
+    else:
+        flags = list(Flag.objects.all())
+        queries = [UserOverride.objects.all()]
+    lists: dict[int, tuple[list[str], list[str]]] = {flag.pk: ([], []) for flag in flags}
+    seen: dict[str, str] = {}
+    once = seen.setdefault
+    for query in queries:
+        rows = query.order_by().values_list("flag_id", "user_id", "kind").iterator(chunk_size=20_000)
+        for flag_id, user_id, kind in rows:
+            held = lists.get(flag_id)
+            if held is not None:  # None: a flag created after its row was read; its next version brings it
+                held[0 if kind == OverrideKind.ALLOW else 1].append(once(user_id, user_id))
+    return {flag.pk: _to_config(flag, frozenset(lists[flag.pk][0]), frozenset(lists[flag.pk][1])) for flag in flags}
 
 
 def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str]) -> evaluation.FlagConfig:
