@@ -27,6 +27,7 @@ OFREP_REASON = {
     Reason.DENY_LIST: "TARGETING_MATCH",
     Reason.IN_ROLLOUT: "SPLIT",
     Reason.OUT_OF_ROLLOUT: "SPLIT",
+    Reason.RULE_MATCH: "TARGETING_MATCH",
 }
 MAX_DECISIONS = 10_000
 
@@ -98,6 +99,8 @@ def _ofrep_item(flag: FlagConfig, decision: Decision, public: bool = False) -> d
     }
     if decision.bucket is not None:
         metadata["bucket"] = decision.bucket
+    if decision.rule is not None:
+        metadata["ruleId"] = decision.rule
     return {
         "key": flag.key,
         "value": decision.enabled,
@@ -113,7 +116,16 @@ def _decide(flag: FlagConfig, context: dict[str, Any]) -> Decision | tuple[str, 
         if not flag.enabled and code == "TARGETING_KEY_MISSING":
             return Decision(False, Reason.DISABLED, None)  # off for everyone: no user needed
         return code, details  # type: ignore[return-value]
-    return evaluate(flag, user_id)
+    return evaluate(flag, user_id, context)  # every attribute of the context, for the flag's targeting rules
+
+
+def ofrep_auth_error(exc: AuthFailure, key: str | None) -> Resp:
+    """401, 403 or 429 (with Retry-After) in OFREP's error format; auth_error below is the JSON API's."""
+    resp = _ofrep_error(exc.status, key, "GENERAL", exc.message)
+    resp.headers.extend(exc.headers)  # 429: Retry-After
+    if exc.status == 401:
+        resp.headers.append(("WWW-Authenticate", 'Bearer realm="rolloutadmin"'))
+    return resp
 
 
 def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot, bool] | Resp:
@@ -126,11 +138,7 @@ def _ofrep_prelude(req: Req, key: str | None) -> tuple[dict[str, Any], Snapshot,
             return context
         return context, store.get(), "evaluate" not in api_key.scopes
     except AuthFailure as exc:
-        resp = _ofrep_error(exc.status, key, "GENERAL", exc.message)
-        resp.headers.extend(exc.headers)  # 429: Retry-After
-        if exc.status == 401:
-            resp.headers.append(("WWW-Authenticate", 'Bearer realm="rolloutadmin"'))
-        return resp
+        return ofrep_auth_error(exc, key)
     except ConfigUnavailable:  # 503 + Retry-After, like every API path in an outage (rolloutadmin/outage.py)
         resp = _ofrep_error(503, key, "GENERAL", "flag configuration is unavailable (database unreachable)")
         resp.headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
@@ -211,7 +219,8 @@ def api_error(status: int, error: str, message: str, fields: dict[str, list[str]
 
 
 def auth_error(exc: AuthFailure) -> Resp:
-    """401, 403 or 429 (with Retry-After) in the API's error format."""
+    """401, 403 or 429 (with Retry-After) in the API's error format (every JSON endpoint, the management API's
+    included); ofrep_auth_error above is OFREP's."""
     resp = api_error(exc.status, exc.error, exc.message)
     resp.headers.extend(exc.headers)
     return resp
@@ -223,13 +232,27 @@ def validation_error(fields: dict[str, list[str]]) -> Resp:
 
 
 def _decision_json(flag_key: str, user_id: str, decision: Decision) -> dict[str, Any]:
-    return {
+    body = {
         "flag": flag_key,
         "user_id": user_id,
         "enabled": decision.enabled,
         "reason": decision.reason.value,
         "bucket": decision.bucket,
     }
+    if decision.rule is not None:
+        body["rule"] = decision.rule
+    return body
+
+
+def _attributes(value: object, fields: dict[str, list[str]]) -> dict[str, Any]:
+    """The `attributes` of a JSON evaluation request (the context's, for targeting rules): an object, or
+    left out. A problem goes into `fields`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        fields["attributes"] = ["must be a JSON object of attribute names and values"]
+        return {}
+    return value
 
 
 def _auth_or_error(req: Req, scope: str) -> Resp | None:
@@ -251,14 +274,22 @@ def evaluate_one(req: Req, key: str) -> Resp:
         return denied
     user_id = req.param("user_id")
     problem = "is required" if user_id is None else user_id_problem(user_id)
-    if problem:
-        return validation_error({"user_id": [problem]})
+    fields: dict[str, list[str]] = {"user_id": [problem]} if problem else {}
+    attributes: dict[str, Any] = {}
+    raw = req.param("attributes")
+    if raw is not None:  # a JSON object in the query string: ?attributes={"plan":"pro"} (URL-encoded)
+        try:
+            attributes = _attributes(parse_json(raw.encode()), fields)
+        except BadJson as exc:
+            fields["attributes"] = [f"must be a JSON object: {exc}"]
+    if fields:
+        return validation_error(fields)
     snapshot = store.get()
     flag = snapshot.flags.get(key)
     if flag is None:
         metrics.evaluation(metrics.UNKNOWN_FLAG, "FLAG_NOT_FOUND")
         return api_error(404, "not_found", f"flag {key!r} does not exist")
-    decision = evaluate(flag, user_id)  # type: ignore[arg-type]
+    decision = evaluate(flag, user_id, attributes)  # type: ignore[arg-type]
     metrics.evaluation(key, decision.reason.value)
     body = _decision_json(key, user_id, decision)  # type: ignore[arg-type]
     body["rollout_percentage"] = flag.rollout_basis_points / 100
@@ -281,7 +312,7 @@ def evaluate_many(req: Req) -> Resp:
     if not isinstance(data, dict):
         return validation_error({"body": ["must be a JSON object"]})
     fields: dict[str, list[str]] = {}
-    unknown = sorted(set(data) - {"user_ids", "flags"})
+    unknown = sorted(set(data) - {"user_ids", "flags", "attributes"})
     for name in unknown:
         fields[name] = ["unknown field"]
     user_ids = data.get("user_ids")
@@ -293,6 +324,7 @@ def evaluate_many(req: Req) -> Resp:
             problem = user_id_problem(value)
             if problem:
                 fields[f"user_ids[{index}]"] = [problem]
+    attributes = _attributes(data.get("attributes"), fields)  # the same for every user of the request
     snapshot = store.get()
     flag_keys = data.get("flags")
     if flag_keys is None:
@@ -311,11 +343,14 @@ def evaluate_many(req: Req) -> Resp:
         flag = snapshot.flags.get(key)
         reasons: dict[str, int] = {}
         for user_id in user_ids:
-            decision = evaluate(flag, user_id)
+            decision = evaluate(flag, user_id, attributes)
             reason = decision.reason.value
             reasons[reason] = reasons.get(reason, 0) + 1
-            append({"flag": key, "user_id": user_id, "enabled": decision.enabled, "reason": reason,
-                    "bucket": decision.bucket})
+            item = {"flag": key, "user_id": user_id, "enabled": decision.enabled, "reason": reason,
+                    "bucket": decision.bucket}
+            if decision.rule is not None:
+                item["rule"] = decision.rule
+            append(item)
         for reason, count in reasons.items():  # one increment per flag and reason, not one per decision
             metrics.evaluation(key if flag is not None else metrics.UNKNOWN_FLAG, reason, count)
     return Resp.json(200, {"config_version": snapshot.stamp, "stale": store.stale, "results": results})

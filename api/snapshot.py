@@ -43,7 +43,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, connection
 
-from flags import publish, selectors
+from flags import publish, selectors, targeting
 from flags.evaluation import FlagConfig
 from rolloutadmin import dbguard, metrics
 
@@ -163,7 +163,16 @@ def _flag_body(f: FlagConfig, flag_id: int | None) -> dict[str, object]:
                                "allow": sorted(f.allow), "deny": sorted(f.deny), "client_side": f.client_side}
     if flag_id is not None:
         body["id"] = flag_id
+    if f.rules:
+        body["rules"] = [targeting.rule_json(rule) for rule in f.rules]
     return body
+
+
+def _segments_body(flags: Iterable[FlagConfig]) -> list[dict[str, object]]:
+    """The segments the flags' rules name, once each (a copy's top level; rules name them by key)."""
+    segments = {rule.segment.key: rule.segment for f in flags for rule in f.rules if rule.segment is not None}
+    return [{"key": s.key, "conditions": [c.as_json() for c in s.conditions], "included": sorted(s.included),
+             "excluded": sorted(s.excluded)} for s in segments.values()]
 
 
 def _dumps(body: object) -> bytes:
@@ -180,7 +189,8 @@ def encode_copy(snap: Snapshot, parts: CopyParts | None = None) -> bytes:
     keys = [{"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "secret_hash": k.secret_hash}
             for k in snap.keys.values()]
     small = [_flag_body(f, snap.flag_ids.get(f.key)) for f in snap.flags.values() if f.key not in big_keys]
-    body = {"format": COPY_FORMAT, "stamp": snap.stamp, "loaded_at": snap.loaded_at, "keys": keys, "flags": small}
+    body = {"format": COPY_FORMAT, "stamp": snap.stamp, "loaded_at": snap.loaded_at, "keys": keys,
+            "segments": _segments_body(snap.flags.values()), "flags": small}
     text = _dumps(body)
     if parts is None:
         return gzip.compress(text, compresslevel=1)
@@ -204,11 +214,13 @@ def decode_copy(data: bytes) -> Snapshot:
     body = json.loads(gzip.decompress(data))
     if body.get("format") != COPY_FORMAT:
         raise ValueError(f"unknown snapshot copy format {body.get('format')!r}")
+    segments = {s["key"]: targeting.segment_from_json(s) for s in body.get("segments", [])}
     flags = {
         f["key"]: FlagConfig(key=f["key"], enabled=bool(f["enabled"]),
                              rollout_basis_points=int(f["rollout_basis_points"]), bucketing=f["bucketing"],
                              salt=f["salt"], version=int(f["version"]), allow=frozenset(f["allow"]),
-                             deny=frozenset(f["deny"]), client_side=bool(f.get("client_side", False)))
+                             deny=frozenset(f["deny"]), client_side=bool(f.get("client_side", False)),
+                             rules=targeting.rules_from_json(f.get("rules", []), segments))
         for f in body["flags"]
     }
     keys = {k["secret_hash"]: KeyInfo(int(k["id"]), k["name"], frozenset(k["scopes"]), k["secret_hash"])

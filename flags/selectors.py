@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import logging
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
 
-from . import evaluation
-from .models import EXPOSURE_FIELDS, AuditEntry, Flag, OverrideKind, UserOverride
+from . import evaluation, targeting
+from .models import EXPOSURE_FIELDS, AuditEntry, Flag, MemberKind, OverrideKind, Segment, SegmentMember, UserOverride
 from .rules import KEY_MAX_LENGTH
+
+logger = logging.getLogger(__name__)
 
 
 def possible_key(key: object) -> bool:
@@ -39,7 +42,7 @@ def flag_config(flag: Flag) -> evaluation.FlagConfig:
     deny: set[str] = set()
     for user_id, kind in UserOverride.objects.filter(flag=flag).values_list("user_id", "kind"):
         (allow if kind == OverrideKind.ALLOW else deny).add(user_id)
-    return _to_config(flag, frozenset(allow), frozenset(deny))
+    return _to_config(flag, frozenset(allow), frozenset(deny), segment_configs(_segment_keys([flag])))
 
 
 def all_flag_configs() -> dict[str, evaluation.FlagConfig]:
@@ -81,13 +84,52 @@ def flag_configs_by_id(ids: Collection[int] | None = None) -> dict[int, evaluati
             held = lists.get(flag_id)
             if held is not None:  # None: a flag created after its row was read; its next version brings it
                 held[0 if kind == OverrideKind.ALLOW else 1].append(once(user_id, user_id))
-    return {flag.pk: _to_config(flag, frozenset(lists[flag.pk][0]), frozenset(lists[flag.pk][1])) for flag in flags}
+    # After the rows, like the lists: a segment's change moves the version of every flag naming it.
+    segments = segment_configs(_segment_keys(flags))
+    return {flag.pk: _to_config(flag, frozenset(lists[flag.pk][0]), frozenset(lists[flag.pk][1]), segments)
+            for flag in flags}
 
 
-def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str]) -> evaluation.FlagConfig:
+def _segment_keys(flags: Iterable[Flag]) -> set[str]:
+    return {rule["segment"] for flag in flags for rule in flag.rules if isinstance(rule.get("segment"), str)}
+
+
+def segment_configs(keys: Iterable[str] | None = None) -> dict[str, targeting.Segment]:
+    """Segments (every one, or these keys) as flags/targeting.py's Segment, by key, in two queries."""
+    if keys is not None:
+        keys = list(keys)
+        if not keys:
+            return {}
+    rows = {row.pk: row for row in (Segment.objects.all() if keys is None else Segment.objects.filter(key__in=keys))}
+    included: dict[int, list[str]] = {pk: [] for pk in rows}
+    excluded: dict[int, list[str]] = {pk: [] for pk in rows}
+    members = SegmentMember.objects.filter(segment_id__in=list(rows)).order_by().values_list(
+        "segment_id", "user_id", "kind")
+    for segment_id, user_id, kind in members.iterator(chunk_size=20_000):
+        (included if kind == MemberKind.INCLUDED else excluded)[segment_id].append(user_id)
+    return {
+        row.key: targeting.Segment(row.key, targeting.conditions_from_json(row.conditions),
+                                   frozenset(included[pk]), frozenset(excluded[pk]))
+        for pk, row in rows.items()
+    }
+
+
+def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str],
+               segments: Mapping[str, targeting.Segment]) -> evaluation.FlagConfig:
+    enabled = flag.enabled
+    rules: tuple[targeting.Rule, ...] = ()
+    if flag.rules:
+        try:
+            rules = targeting.rules_from_json(flag.rules, segments)
+        except targeting.RuleError as exc:
+            # Only a write around the services can store such rules. Serving the flag without them could
+            # expose users a rule keeps out: it is served off instead, and said so loudly.
+            logger.error("flag %s: its targeting rules cannot be read (%s); it is served off until they are fixed",
+                         flag.key, exc)
+            enabled = False
     return evaluation.FlagConfig(
         key=flag.key,
-        enabled=flag.enabled,
+        enabled=enabled,
         rollout_basis_points=evaluation.percentage_to_basis_points(flag.rollout_percentage),
         bucketing=flag.bucketing,
         salt=flag.salt or flag.key,
@@ -95,6 +137,7 @@ def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str]) -> evalu
         allow=allow,
         deny=deny,
         client_side=flag.client_side,
+        rules=rules,
     )
 
 

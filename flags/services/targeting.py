@@ -22,6 +22,7 @@ from ..actors import Actor
 from ..models import AuditEntry, Flag, MemberKind, Segment, SegmentMember, Source, validate_user_id
 from ..publish import publish_config_change
 from ..rules import KEY_MAX_LENGTH, is_flag_key
+from ..selectors import segment_configs
 from .base import _audit, _bump, _check_text, _check_version, _lock
 
 RULES_MAX = 50  # per flag: rules are read in order on every decision
@@ -36,25 +37,6 @@ class SegmentNotFound(Exception):
 
 def _refused(exc: targeting.RuleError) -> ValidationError:
     return ValidationError({exc.field or "rules": exc.message})
-
-
-# --- reading segments as the evaluation core sees them ---------------------------------------------------------
-
-
-def segment_configs(keys: Iterable[str] | None = None) -> dict[str, targeting.Segment]:
-    """Segments (all, or these keys) as flags/targeting.py's Segment, in two queries."""
-    rows = Segment.objects.all() if keys is None else Segment.objects.filter(key__in=list(keys))
-    segments = {row.pk: row for row in rows}
-    included: dict[int, set[str]] = {pk: set() for pk in segments}
-    excluded: dict[int, set[str]] = {pk: set() for pk in segments}
-    for segment_id, user_id, kind in SegmentMember.objects.filter(segment_id__in=list(segments)).values_list(
-            "segment_id", "user_id", "kind").iterator(chunk_size=10_000):
-        (included if kind == MemberKind.INCLUDED else excluded)[segment_id].add(user_id)
-    return {
-        row.key: targeting.Segment(row.key, targeting.conditions_from_json(row.conditions),
-                                   frozenset(included[pk]), frozenset(excluded[pk]))
-        for pk, row in segments.items()
-    }
 
 
 def flags_using(segment_key: str) -> list[Flag]:

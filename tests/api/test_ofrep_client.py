@@ -155,3 +155,23 @@ def test_the_python_provider_honours_retry_after_when_its_key_is_over_the_rate_l
     time.sleep(0.3)  # time for any further request's line to appear, were there one
     assert asked() == 2  # the first, and the one answered 429; the provider waited out Retry-After after that
     assert f"{line} 429 " in server.log.read_text()
+
+
+def test_the_sdks_context_attributes_reach_the_targeting_rules(live, actor):
+    set_flag(actor, enabled=True, rollout_percentage=0)
+    services.flag_set_rules(flag="patch_mode_enabled", actor=actor, source=Source.CLI, rules=[
+        {"id": "staff", "serve": "on",
+         "conditions": [{"attribute": "email", "operator": "ends_with", "values": ["@ourcompany.com"]}]},
+        {"id": "big-teams", "serve": "on", "conditions": [{"attribute": "seats", "operator": "gte", "values": [50]}]},
+    ])
+    server, tokens = live
+    client = client_for(server.url, tokens["evaluate"])
+    staff = client.get_boolean_details("patch_mode_enabled", False,
+                                       EvaluationContext(targeting_key="u1", attributes={"email": "a@ourcompany.com"}))
+    assert (staff.value, staff.reason, staff.flag_metadata["ruleId"]) == (True, Reason.TARGETING_MATCH, "staff")
+    team = client.get_boolean_details("patch_mode_enabled", False,
+                                      EvaluationContext(targeting_key="u1", attributes={"seats": 120}))
+    assert (team.value, team.flag_metadata["ruleId"]) == (True, "big-teams")
+    nobody = client.get_boolean_details("patch_mode_enabled", False,
+                                        EvaluationContext(targeting_key="u1", attributes={"seats": "120"}))
+    assert (nobody.value, nobody.reason) == (False, Reason.SPLIT)  # a numeric string is no number

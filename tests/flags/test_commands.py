@@ -108,6 +108,34 @@ def test_flag_eval_reports_the_legacy_cohort_as_bucket(capsys, make_flag):
     assert [(d["bucket"], d["enabled"]) for d in decisions] == [(1, True), (76, False)]
 
 
+def test_flag_eval_takes_context_attributes_for_the_targeting_rules(capsys, flag, actor):
+    services.flag_set_rollout(flag=flag, percentage=0, enabled=True, actor=actor, source=Source.CLI)
+    services.flag_set_rules(flag=flag, actor=actor, source=Source.CLI, rules=[
+        {"id": "pro-teams", "serve": "on",
+         "conditions": [{"attribute": "plan", "operator": "equals", "values": ["pro"]},
+                        {"attribute": "seats", "operator": "gte", "values": [10]}]},
+        {"id": "v2", "serve": "on",
+         "conditions": [{"attribute": "app", "operator": "semver_gte", "values": ["2.0.0"]}]},
+    ])
+    code, out, _ = run(capsys, "flag_eval", "patch_mode_enabled", "user_0", "--attr", "plan=pro", "--attr", "seats=12")
+    assert code == 0 and json.loads(out) | {"bucket": None} == {
+        "flag": "patch_mode_enabled", "user_id": "user_0", "enabled": True, "reason": "RULE_MATCH",
+        "bucket": None, "rule": "pro-teams"}
+    # seats="12" (quoted JSON) is a string, which no numeric condition takes; 2.1.0 is not JSON: a string.
+    code, out, _ = run(capsys, "flag_eval", "patch_mode_enabled", "user_0", "--attr", "plan=pro",
+                       "--attr", 'seats="12"', "--attr", "app=2.1.0")
+    assert (json.loads(out)["reason"], json.loads(out)["rule"]) == ("RULE_MATCH", "v2")
+    code, out, _ = run(capsys, "flag_eval", "patch_mode_enabled", "user_0")
+    assert json.loads(out)["reason"] == "OUT_OF_ROLLOUT" and "rule" not in json.loads(out)
+
+
+@pytest.mark.parametrize("pair", ["plan", "=pro", " =pro"])
+def test_flag_eval_refuses_an_attribute_without_a_name_and_a_value_in_one_line(capsys, flag, pair):
+    code, out, err = run(capsys, "flag_eval", "patch_mode_enabled", "user_0", "--attr", pair)
+    assert code != 0 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "NAME=VALUE" in err
+
+
 def test_bootstrap_creates_the_flag_and_admin_once(capsys, db, django_user_model):
     call_command("bootstrap")
     first = capsys.readouterr().out

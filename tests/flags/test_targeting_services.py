@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from flags import services
+from flags import selectors, services
 from flags.models import AuditEntry, Flag, Segment, SegmentMember, Source
 from flags.services import targeting as rules_services
 from flags.services.targeting import SegmentNotFound
@@ -181,7 +181,7 @@ def test_a_segment_in_use_cannot_be_deleted_and_an_unused_one_is_deleted_with_an
 def test_segment_configs_are_what_the_evaluation_core_reads(beta, actor):
     rules_services.segment_create(key="staff", name="Staff", actor=actor, source=Source.UI,
                                   conditions=[STAFF["conditions"][0]])
-    configs = rules_services.segment_configs()
+    configs = selectors.segment_configs()
     assert set(configs) == {"beta", "staff"}
     assert configs["beta"].included == {"b1", "b2"} and configs["beta"].excluded == {"b3"}
     assert configs["staff"].matches("x", {"email": "a@ourcompany.com"})
