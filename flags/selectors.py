@@ -177,20 +177,24 @@ def exposure_changes(flag: Flag, *, until: datetime) -> list[AuditEntry]:
                 .order_by("created_at", "id"))
 
 
-def flags_for_list(search: str = "") -> list[Flag]:
+@dataclass(frozen=True, slots=True)
+class FlagListItem:
+    flag: Flag
+    last_change: AuditEntry | None  # its latest audit entry
+
+
+def flags_for_list(search: str = "") -> list[FlagListItem]:
     """The flags list: every flag whose key, name or description contains `search` (any case; empty: all),
-    each with `last_change`, its latest audit entry or None. Two queries, however many flags."""
+    each with its latest audit entry. Two queries, however many flags."""
     latest = AuditEntry.objects.filter(flag=OuterRef("pk")).order_by("-created_at", "-id")
     flags = Flag.objects.annotate(last_change_id=Subquery(latest.values("id")[:1]))
     if search:
         if "\x00" in search:  # no flag holds a NUL (the services refuse it), and PostgreSQL cannot compare one
             return []
         flags = flags.filter(Q(key__icontains=search) | Q(name__icontains=search) | Q(description__icontains=search))
-    found = list(flags)
-    entries = AuditEntry.objects.in_bulk([f.last_change_id for f in found if f.last_change_id is not None])
-    for flag in found:
-        flag.last_change = entries.get(flag.last_change_id)
-    return found
+    found = [(flag, flag.last_change_id) for flag in flags]
+    entries = AuditEntry.objects.in_bulk([entry_id for _, entry_id in found if entry_id is not None])
+    return [FlagListItem(flag, entries.get(entry_id) if entry_id is not None else None) for flag, entry_id in found]
 
 
 def flag_keys() -> list[str]:

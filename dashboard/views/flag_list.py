@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -13,10 +14,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
 from alerts.plans import plan_stages_by_flag
-from alerts.selectors import open_alerts_by_flag
+from alerts.selectors import OpenAlerts, open_alerts_by_flag
 from flags import selectors, services
 from flags.actors import Actor
-from flags.models import KEY_VALIDATOR, Flag, Source
+from flags.models import KEY_VALIDATOR, AuditEntry, Flag, Source
 
 from ..access import HtmxHttpRequest, can_manage, manager_required, viewer_required
 
@@ -29,13 +30,21 @@ def flag_list(request: HtmxHttpRequest) -> HttpResponse:
     # A history restore (back button after a search pushed its URL) needs the whole page, not the table.
     if request.htmx and not request.htmx.history_restore_request:
         template += "#flag-table"
-    flags = selectors.flags_for_list(search)
     stages = plan_stages_by_flag()
     alerts = open_alerts_by_flag()
-    for flag in flags:
-        flag.plan_stage = stages.get(flag.pk, "")
-        flag.open_alerts = alerts.get(flag.pk)
-    return render(request, template, {"flags": flags, "q": search, "can_manage": can_manage(request.user)})
+    rows = [FlagRow(item.flag, item.last_change, stages.get(item.flag.pk, ""), alerts.get(item.flag.pk))
+            for item in selectors.flags_for_list(search)]
+    return render(request, template, {"rows": rows, "q": search, "can_manage": can_manage(request.user)})
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRow:
+    """One line of the flags list: the flag, its last change, its plan's stage and its open alerts."""
+
+    flag: Flag
+    last_change: AuditEntry | None
+    plan_stage: str
+    open_alerts: OpenAlerts | None
 
 
 class FlagForm(forms.ModelForm):
