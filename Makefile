@@ -42,6 +42,7 @@ test: $(STAMP) $(INTEROP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/mypy
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || \

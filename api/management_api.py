@@ -375,10 +375,11 @@ def metrics(request: HttpRequest, key: str,
     if window not in monitoring_selectors.WINDOWS:
         raise Invalid({"window": [f"must be one of {', '.join(monitoring_selectors.WINDOWS)}"]})
     flag = _get_flag(key)
-    data = monitoring_selectors.summary(flag, window)
+    summary = monitoring_selectors.summary(flag, window)
+    data: dict[str, Any] = {**summary}
     if series in ("1", "true"):
         data["series"] = monitoring_selectors.series(flag, window)
-    data["success_criteria"] = monitoring_selectors.success_criteria(data)
+    data["success_criteria"] = monitoring_selectors.success_criteria(summary)
     return data
 
 

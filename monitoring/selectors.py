@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from django.utils import timezone
 
@@ -27,6 +27,44 @@ WINDOWS: dict[str, timedelta] = {
 }
 DEFAULT_WINDOW = "1h"
 HLL_ERROR = "±3.3% (HyperLogLog, 1,024 registers)"
+
+
+class ModeStats(TypedDict):
+    """One mode's figures over a window (the seed's dashboard per mode, with percentiles and unique users).
+    Rates are percentages with two decimals; None where there were no calls to divide by."""
+
+    total_calls: int
+    successful_calls: int
+    failed_calls: int
+    total_patches: int
+    failed_patches: int
+    error_rate: float | None
+    success_rate: float | None
+    avg_latency_ms: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p99_latency_ms: float | None
+    total_tokens: int
+    avg_tokens_per_call: float | None
+    unique_users: int | None  # None when not asked for (alert checks do without the sketches)
+
+
+# A flag's figures over [from, to): per mode, and the treatment against the baseline. The API's metrics body.
+Summary = TypedDict("Summary", {
+    "flag": str,
+    "from": str,
+    "to": str,
+    "treatment_mode": str,
+    "baseline_mode": str,
+    "modes": dict[str, ModeStats],
+    "token_savings_percent": float | None,
+    "latency_vs_baseline_percent": float | None,
+    "unique_users_error": str,
+})
+
+
+class WindowSummary(Summary):
+    window: str  # the dashboard's window name (15m, 1h, 24h, 7d)
 
 
 @dataclass
@@ -75,7 +113,7 @@ class Totals:
     def avg_latency(self) -> float | None:
         return self.latency_sum / self.calls if self.calls else None
 
-    def stats(self, *, unique_users: bool = True) -> dict[str, Any]:
+    def stats(self, *, unique_users: bool = True) -> ModeStats:
         calls = self.calls
         failures = calls - self.successes
         return {
@@ -193,19 +231,19 @@ def _moment_rows(flags: list[Flag], resolution: int, start: datetime,
 
 
 
-def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
+def summary(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> WindowSummary:
     """The seed's dashboard per mode, plus percentiles, unique users and token savings, over a window."""
     start, end = window_bounds(window, now)
     return {"window": window, **summary_between(flag, start, end)}
 
 
-def summary_between(flag: Flag, start: datetime, end: datetime, *, unique_users: bool = True) -> dict[str, Any]:
+def summary_between(flag: Flag, start: datetime, end: datetime, *, unique_users: bool = True) -> Summary:
     """The same over [start, end), to the minute (alert rules use their own window lengths)."""
     return summaries_between([flag], start, end, unique_users=unique_users)[flag.key]
 
 
 def summaries_between(flags: list[Flag], start: datetime, end: datetime, *,
-                      unique_users: bool = True) -> dict[str, dict[str, Any]]:
+                      unique_users: bool = True) -> dict[str, Summary]:
     """summary_between for many flags from one read of the rollups (alert checks over every flag)."""
     first_full_hour, last_full_hour = hour_ceil(start), hour_floor(end)
     if first_full_hour < last_full_hour:
@@ -218,7 +256,7 @@ def summaries_between(flags: list[Flag], start: datetime, end: datetime, *,
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault((row["flag_key"], row["mode"]), []).append(row)
-    out = {}
+    out: dict[str, Summary] = {}
     for flag in flags:
         totals = {flag.treatment_mode: Totals(), flag.baseline_mode: Totals()}
         for mode, total in totals.items():
@@ -229,7 +267,7 @@ def summaries_between(flags: list[Flag], start: datetime, end: datetime, *,
 
 
 def _summary(flag: Flag, start: datetime, end: datetime, totals: dict[str, Totals],
-             unique_users: bool) -> dict[str, Any]:
+             unique_users: bool) -> Summary:
     modes = {mode: t.stats(unique_users=unique_users) for mode, t in totals.items()}
     treatment, baseline = totals[flag.treatment_mode], totals[flag.baseline_mode]
     return {
@@ -343,7 +381,16 @@ def series(flag: Flag, window: str = DEFAULT_WINDOW, now: datetime | None = None
 
 
 # The seed's success metrics, judged on the window's numbers.
-def success_criteria(data: dict[str, Any]) -> list[dict[str, Any]]:
+class Criterion(TypedDict):
+    """One of the seed's success criteria, judged on a summary's treatment mode."""
+
+    name: str
+    value: float | None
+    unit: str
+    status: str  # met, not met, no data
+
+
+def success_criteria(data: Summary) -> list[Criterion]:
     treatment = data["modes"][data["treatment_mode"]]
     latency_delta = data["latency_vs_baseline_percent"]
 
