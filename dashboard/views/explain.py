@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_http_methods
 from flags import evaluation, selectors
 from flags.evaluation import Reason
 from flags.models import validate_user_id
+from flags.targeting import Serve
 
 from ..access import HtmxHttpRequest, flag_or_404, viewer_required
 
@@ -33,6 +35,7 @@ class Explanation:
     threshold_text: str  # the same in words: "a rollout of 12.35% or more"
     rollout: Decimal  # the flag's rollout now
     override: str  # what makes the percentage irrelevant for this user, or ''
+    rule: str | None = None  # the targeting rule that decided, if one did
 
 
 def _percent(basis_points: int) -> Decimal:
@@ -48,9 +51,23 @@ def smallest_rollout_basis_points(flag: evaluation.FlagConfig, bucket: int) -> i
     return bucket * 100 + 1
 
 
-def explain(flag: evaluation.FlagConfig, user_id: str) -> Explanation:
+def _rule_words(flag: evaluation.FlagConfig, rule_id: str | None, bucket: int, unit: str) -> str:
+    rule = next((r for r in flag.rules if r.id == rule_id), None)
+    if rule is None:  # evaluate() names a rule of this very config
+        raise ValueError(f"no rule {rule_id!r}")
+    if rule.serve == Serve.ON:
+        return f"targeting rule {rule.id} matched and serves it"
+    if rule.serve == Serve.OFF:
+        return f"targeting rule {rule.id} matched and keeps it off"
+    percentage = _percent(rule.basis_points)
+    inside = evaluation.in_rollout(flag, bucket, rule.basis_points)
+    where = "below it" if inside else "not below it"
+    return f"targeting rule {rule.id} matched and serves {percentage}%: {unit} {bucket} is {where}"
+
+
+def explain(flag: evaluation.FlagConfig, user_id: str, attributes: dict[str, Any] | None = None) -> Explanation:
     """The production decision (evaluation.evaluate) for one user, with the numbers behind it in words."""
-    decision = evaluation.evaluate(flag, user_id)
+    decision = evaluation.evaluate(flag, user_id, attributes)
     if decision.bucket is None:  # evaluate() only says so for a missing flag, and the view never passes one
         raise ValueError("no bucket for an unknown flag")
     bucket = decision.bucket
@@ -64,6 +81,8 @@ def explain(flag: evaluation.FlagConfig, user_id: str) -> Explanation:
         Reason.IN_ROLLOUT: f"{unit} {bucket} is below the rollout {rollout}%",
         Reason.OUT_OF_ROLLOUT: f"{unit} {bucket} is not below the rollout {rollout}%",
     }
+    if decision.reason == Reason.RULE_MATCH:
+        words[Reason.RULE_MATCH] = _rule_words(flag, decision.rule, bucket, unit)
     override = ""
     if decision.reason == Reason.DISABLED:
         override = "The kill switch is off: nobody gets it at any percentage until the flag is enabled"
@@ -76,6 +95,9 @@ def explain(flag: evaluation.FlagConfig, user_id: str) -> Explanation:
         override = "The allow list overrides the rollout: this user gets it at any percentage while the flag is on."
     elif decision.reason == Reason.DENY_LIST:
         override = "The deny list overrides the rollout: this user does not get it at any percentage."
+    elif decision.reason == Reason.RULE_MATCH:
+        override = (f"With these attributes targeting rule {decision.rule} decides before the flag's rollout, so the "
+                    "flag's percentage does not apply to this user.")
     return Explanation(
         user_id=user_id,
         gets_it=decision.enabled,
@@ -91,6 +113,7 @@ def explain(flag: evaluation.FlagConfig, user_id: str) -> Explanation:
                         else f"a rollout of {threshold}% or more ({bucket + 1}% in whole percents)"),
         rollout=rollout,
         override=override,
+        rule=decision.rule,
     )
 
 
@@ -105,10 +128,26 @@ def flag_explain(request: HtmxHttpRequest, key: str) -> HttpResponse:
     if "user_id" not in data:
         return render(request, template, context)
     user_id = data["user_id"]
-    context["user_id"] = user_id
+    attributes_text = data.get("attributes", "").strip()
+    context |= {"user_id": user_id, "attributes": attributes_text}
     try:
         validate_user_id(user_id)
     except ValidationError as exc:
         return render(request, template, {**context, "error": " ".join(exc.messages)}, status=400)
-    context["explanation"] = explain(selectors.flag_config(flag), user_id)
+    attributes = _attributes(attributes_text)
+    if attributes is None:
+        error = 'Attributes must be a JSON object, like {"email": "ana@example.com", "plan": "pro"}.'
+        return render(request, template, {**context, "error": error}, status=400)
+    context["explanation"] = explain(selectors.flag_config(flag), user_id, attributes)
     return render(request, template, context)
+
+
+def _attributes(text: str) -> dict[str, Any] | None:
+    """The context's attributes typed in the box (a JSON object; empty: none), or None if they are not one."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

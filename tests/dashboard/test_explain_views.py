@@ -198,5 +198,43 @@ def test_explaining_takes_a_fixed_number_of_queries(viewer, patch_flag, actor, d
 def test_a_shown_explanation_asks_again_for_the_same_user_when_the_flag_changes(viewer, patch_flag):
     html = viewer.get(EXPLAIN, {"user_id": 'a"b<c'}, HTTP_HX_REQUEST="true").content.decode()
     assert 'hx-trigger="flag-changed from:body"' in html
-    assert """hx-vals='{"user_id": "a\\u0022b\\u003Cc"}'""" in html
+    assert """hx-vals='{"user_id": "a\\u0022b\\u003Cc", "attributes": ""}'""" in html
     assert "flag-changed" not in viewer.get(EXPLAIN, {"user_id": ""}, HTTP_HX_REQUEST="true").content.decode()
+
+
+@pytest.mark.django_db
+def test_attributes_reach_the_targeting_rules_and_the_rule_is_told_in_words(viewer, patch_flag, actor):
+    services.flag_set_rules(flag=patch_flag.key, actor=actor, source=Source.CLI, rules=[
+        {"id": "staff", "serve": "on",
+         "conditions": [{"attribute": "email", "operator": "ends_with", "values": ["@ourcompany.com"]}]},
+        {"id": "pro", "serve": "percentage", "percentage": 1,
+         "conditions": [{"attribute": "plan", "operator": "equals", "values": ["pro"]}]}])
+    html = viewer.post(EXPLAIN, {"user_id": "user_0", "attributes": '{"email": "ana@ourcompany.com"}'},
+                       HTTP_HX_REQUEST="true").content.decode()
+    assert result(html, "reason") == "targeting rule staff matched and serves it (RULE_MATCH)"
+    assert "gets the feature" in result(html, "verdict")
+    assert "targeting rule staff decides before the flag&#x27;s rollout" in html
+    asked_again = '"attributes": "{\\u0022email\\u0022: \\u0022ana@ourcompany.com\\u0022}"'
+    assert asked_again in html  # with the same attributes when the flag changes
+    html = viewer.get(EXPLAIN, {"user_id": "user_0", "attributes": '{"plan": "pro"}'},
+                      HTTP_HX_REQUEST="true").content.decode()
+    assert result(html, "reason") == ("targeting rule pro matched and serves 1.00%: bucket 4572 is not below it "
+                                      "(RULE_MATCH)")
+    assert "does not get the feature" in result(html, "verdict")
+    html = viewer.get(EXPLAIN, {"user_id": "user_0"}, HTTP_HX_REQUEST="true").content.decode()
+    assert result(html, "reason") == "bucket 4572 is not below the rollout 10.00% (OUT_OF_ROLLOUT)"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("attributes", ["{plan: pro}", '["pro"]', '"pro"', "12"])
+def test_attributes_that_are_no_json_object_are_a_400_in_the_box(viewer, patch_flag, attributes):
+    response = viewer.get(EXPLAIN, {"user_id": "user_0", "attributes": attributes}, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert response.status_code == 400 and "Attributes must be a JSON object" in html
+    assert "explain-reason" not in html
+
+
+@pytest.mark.django_db
+def test_the_box_has_an_attributes_field(viewer, patch_flag):
+    html = viewer.get("/flags/patch_mode_enabled/").content.decode()
+    assert '<label for="explain-attributes">Attributes' in html and 'name="attributes"' in html
