@@ -44,39 +44,46 @@ def run() -> list[Row]:
     return rows
 
 
+BETA_IDS = [f"user-{i}" for i in range(0, 30_000, 3)]  # 10,000 ids
+
+
+def _cond(attribute: str, operator: str, *values: object) -> dict[str, object]:
+    return {"attribute": attribute, "operator": operator, "values": list(values)}
+
+
+# Issue 13's case: five rules of three conditions (one of them on a segment of 10,000 ids). bench_api.py
+# serves the same rules over HTTP.
+TARGETED_RULES: list[dict[str, object]] = [
+    {"id": "staff", "serve": "on", "conditions": [_cond("email", "ends_with", "@ourcompany.com"),
+                                                  _cond("verified", "equals", True),
+                                                  _cond("country", "in", "DE", "FR", "NL", "US")]},
+    {"id": "old-app", "serve": "off", "conditions": [_cond("app_version", "semver_lt", "2.0.0"),
+                                                     _cond("platform", "in", "ios", "android"),
+                                                     _cond("agent", "contains", "Mobile")]},
+    {"id": "beta", "serve": "on", "segment": "beta",
+     "conditions": [_cond("plan", "not_in", "free"), _cond("seats", "gte", 5),
+                    _cond("agent", "matches", "Chrome/1[0-9]{2}")]},
+    {"id": "enterprise", "serve": "percentage", "percentage": 50,
+     "conditions": [_cond("plan", "equals", "enterprise"), _cond("seats", "gt", 100),
+                    _cond("signed_up", "before", "2026-01-01")]},
+    {"id": "new-eu", "serve": "percentage", "percentage": 10,
+     "conditions": [_cond("country", "in", "DE", "FR", "NL"), _cond("signed_up", "after", "2026-06-01"),
+                    _cond("app_version", "semver_gte", "3.0.0")]},
+]
+AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36 "
+         * 20)[:1000]
+
+
+def targeted_context(i: int) -> dict[str, object]:
+    """A context with a 1,000-character user agent; most reach the default rollout after every rule (the
+    costliest path), and a third of the users are in the beta segment."""
+    return {"email": f"u{i}@example.com", "verified": True, "country": ("DE", "BR", "US")[i % 3], "plan": "pro",
+            "seats": i % 200, "app_version": ("2.4.1", "3.1.0", "1.9.9")[i % 3], "platform": "web",
+            "signed_up": "2026-03-04T10:00:00Z", "agent": AGENT}
+
+
 def _targeted() -> tuple[evaluation.FlagConfig, list[dict[str, object]]]:
-    """Issue 13's case: five rules of three conditions (one of them on a segment of 10,000 ids), contexts
-    with a 1,000-character user agent, most users reaching the default rollout after every rule (the
-    costliest path); a third of them match a rule on the way."""
-    beta = targeting.segment_from_json({"key": "beta", "included": [f"user-{i}" for i in range(0, 30_000, 3)]})
-
-    def cond(attribute: str, operator: str, *values: object) -> dict[str, object]:
-        return {"attribute": attribute, "operator": operator, "values": list(values)}
-
-    rules = targeting.rules_from_json([
-        {"id": "staff", "serve": "on", "conditions": [cond("email", "ends_with", "@ourcompany.com"),
-                                                      cond("verified", "equals", True),
-                                                      cond("country", "in", "DE", "FR", "NL", "US")]},
-        {"id": "old-app", "serve": "off", "conditions": [cond("app_version", "semver_lt", "2.0.0"),
-                                                         cond("platform", "in", "ios", "android"),
-                                                         cond("agent", "contains", "Mobile")]},
-        {"id": "beta", "serve": "on", "segment": "beta",
-         "conditions": [cond("plan", "not_in", "free"), cond("seats", "gte", 5),
-                        cond("agent", "matches", "Chrome/1[0-9]{2}")]},
-        {"id": "enterprise", "serve": "percentage", "percentage": 50,
-         "conditions": [cond("plan", "equals", "enterprise"), cond("seats", "gt", 100),
-                        cond("signed_up", "before", "2026-01-01")]},
-        {"id": "new-eu", "serve": "percentage", "percentage": 10,
-         "conditions": [cond("country", "in", "DE", "FR", "NL"), cond("signed_up", "after", "2026-06-01"),
-                        cond("app_version", "semver_gte", "3.0.0")]},
-    ], {"beta": beta})
-    agent = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36 "
-             * 20)[:1000]
-    contexts: list[dict[str, object]] = [
-        {"email": f"u{i}@example.com", "verified": True, "country": ("DE", "BR", "US")[i % 3], "plan": "pro",
-         "seats": i % 200, "app_version": ("2.4.1", "3.1.0", "1.9.9")[i % 3], "platform": "web",
-         "signed_up": "2026-03-04T10:00:00Z", "agent": agent}
-        for i in range(64)
-    ]
+    beta = targeting.segment_from_json({"key": "beta", "included": BETA_IDS})
+    rules = targeting.rules_from_json(TARGETED_RULES, {"beta": beta})
     flag = evaluation.FlagConfig("patch_mode_enabled", True, 2500, rules=rules)
-    return flag, contexts
+    return flag, [targeted_context(i) for i in range(64)]
