@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponseRedirect
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from flags.actors import Actor
 
@@ -26,7 +30,7 @@ class NotificationInline(admin.TabularInline):
     readonly_fields = ("event", "channel", "status", "attempts", "last_error", "created_at", "sent_at")
     fields = readonly_fields
 
-    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Alert | None = None) -> bool:
         return False
 
 
@@ -39,7 +43,7 @@ class AlertAdmin(admin.ModelAdmin):
                        "acknowledged_at", "acknowledged_by", "resolved_at", "actions_taken"]
     inlines = [NotificationInline]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 
@@ -56,11 +60,11 @@ class NotificationAdmin(admin.ModelAdmin):
                        "next_attempt_at", "sent_at"]
     actions = ["retry"]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     @admin.action(description="Send the selected failed notifications again")
-    def retry(self, request, queryset):  # type: ignore[no-untyped-def]
+    def retry(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
         failed = [n for n in queryset.filter(status="failed")
                   if notify.restart(n, by=f"{request.user.get_username()} (admin)")]
         queued = sum(outbox.enqueue(n.pk) for n in failed)
@@ -82,21 +86,25 @@ class RolloutPlanAdmin(admin.ModelAdmin):
     readonly_fields = ["state", "current_stage", "stage_started_at", "status_note", "created_by"]
     inlines = [PlanStageInline]
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+    def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
+                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:  # plan_create refused the new plan: nothing was written
             messages.error(request, "; ".join(exc.messages))
             return HttpResponseRedirect(request.path)
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: RolloutPlan, form: forms.ModelForm[RolloutPlan],
+                   change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
         # A new plan is made in save_related, once its stages are known, by alerts.plans.plan_create.
 
-    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+    def save_related(self, request: HttpRequest, form: forms.ModelForm[RolloutPlan],
+                     formsets: list[forms.BaseInlineFormSet[Any, RolloutPlan, Any]], change: bool) -> None:
         if change:
-            return super().save_related(request, form, formsets, change)
+            super().save_related(request, form, formsets, change)
+            return
         rows = [row for formset in formsets for row in formset.cleaned_data
                 if row and not row.get("DELETE") and row.get("percentage") is not None]
         rows.sort(key=lambda row: row.get("order") or 0)
@@ -110,4 +118,3 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         form.instance._state.adding = False
         for formset in formsets:  # what the admin's change message lists
             formset.new_objects, formset.changed_objects, formset.deleted_objects = list(created.stages.all()), [], []
-        return None

@@ -197,7 +197,7 @@ def segment_create(
         raise ValidationError({"name": "is required"})
     _check_text("description", description, 10_000)
     ids_in, ids_out = _clean_ids(included, "included"), _clean_ids(excluded, "excluded")
-    stored = _validated(list(conditions), ids_in, ids_out)
+    stored = _validated(conditions, ids_in, ids_out)
     if Segment.objects.filter(key=key).exists():
         raise ValidationError({"key": f"a segment {key!r} exists already"})
     segment = Segment.objects.create(key=key, name=name.strip(), description=description, conditions=stored,
@@ -244,7 +244,7 @@ def segment_update(
     new_in = _clean_ids(changes["included"], "included") if "included" in changes else ids_in
     new_out = _clean_ids(changes["excluded"], "excluded") if "excluded" in changes else ids_out
     conditions = changes.get("conditions", locked.conditions)
-    locked.conditions = _validated(list(conditions), new_in, new_out)
+    locked.conditions = _validated(conditions, new_in, new_out)
     for flag in flags:  # each rule naming it must still be able to match (a contradiction with its conditions)
         others = {key: value for key, value in segment_configs(
             {r["segment"] for r in flag.rules if r.get("segment") and r["segment"] != locked.key}).items()}

@@ -186,3 +186,12 @@ def test_segment_configs_are_what_the_evaluation_core_reads(beta, actor):
     assert configs["beta"].included == {"b1", "b2"} and configs["beta"].excluded == {"b3"}
     assert configs["staff"].matches("x", {"email": "a@ourcompany.com"})
     assert not configs["beta"].matches("b3", {})
+
+
+@pytest.mark.parametrize("conditions", [None, 5, {"attribute": "plan"}, "plan in pro"])
+def test_conditions_that_are_no_list_are_refused_naming_conditions(db, actor, conditions):
+    with pytest.raises(ValidationError) as refused:
+        rules_services.segment_create(key="s", name="S", included=["u"], conditions=conditions, actor=actor,
+                                      source=Source.API)
+    assert list(refused.value.message_dict) == ["conditions"]
+    assert not Segment.objects.exists()
