@@ -80,7 +80,7 @@ def call(method: str, path: str, body: bytes, token: str | None = None, *, termi
 
 @pytest.fixture(autouse=True)
 def keep_the_test_transaction(monkeypatch):
-    # As in test_manage_api: the snapshot's close_old_connections() must not close the test's transaction.
+    # As in tests/api/conftest.py: the snapshot's close_old_connections() must not close the test's transaction.
     monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
 
 
