@@ -43,6 +43,7 @@ import re2
 import semver
 
 ATTRIBUTE_MAX_LENGTH = 100
+RULE_ID_MAX_LENGTH = 100
 CONDITIONS_MAX = 20  # of one rule or segment
 VALUES_MAX = 1_000  # values of one condition; a larger set of users belongs in a segment's id list
 VALUE_MAX_LENGTH = 1_000
@@ -229,8 +230,9 @@ def _test(op: Operator, values: tuple[Scalar, ...]) -> Callable[[object], bool]:
 
 def condition(attribute: object, operator: object, values: object) -> Condition:
     """A validated condition, ready to decide; RuleError naming the field (attribute, operator, values)."""
-    if type(attribute) is not str or not attribute.strip() or len(attribute) > ATTRIBUTE_MAX_LENGTH:
-        raise RuleError("attribute", f"a name of 1 to {ATTRIBUTE_MAX_LENGTH} characters")
+    if type(attribute) is not str or not attribute.strip() or len(attribute) > ATTRIBUTE_MAX_LENGTH \
+            or "\x00" in attribute:
+        raise RuleError("attribute", f"a name of 1 to {ATTRIBUTE_MAX_LENGTH} characters, no NUL")
     if type(operator) is not str or operator not in OPERATORS:
         raise RuleError("operator", f"unknown operator {str(operator)[:40]!r}; one of {', '.join(OPERATORS)}")
     op = Operator(operator)
@@ -252,6 +254,8 @@ def condition(attribute: object, operator: object, values: object) -> Condition:
             raise RuleError("values", f"{op.value} takes non-empty strings")
         if type(value) is str and len(value) > VALUE_MAX_LENGTH:
             raise RuleError("values", f"a value has at most {VALUE_MAX_LENGTH} characters")
+        if type(value) is str and "\x00" in value:
+            raise RuleError("values", "must not contain NUL characters")  # PostgreSQL stores none
         checked.append(value)
     if op in (Operator.SEMVER_LT, Operator.SEMVER_GTE):
         try:
@@ -435,7 +439,7 @@ def segment_from_json(data: object) -> Segment:
     if unknown:
         raise RuleError(unknown[0], "unknown field")
     key = data.get("key")
-    if type(key) is not str or not key:
+    if type(key) is not str or not key or "\x00" in key:
         raise RuleError("key", "the segment's key")
     conditions = conditions_from_json(data.get("conditions", []))
     included = _ids(data.get("included", []), "included")
@@ -455,8 +459,8 @@ def rule_from_json(data: object, segments: Mapping[str, Segment] | None = None) 
     if unknown:
         raise RuleError(unknown[0], "unknown field")
     rule_id = data.get("id")
-    if type(rule_id) is not str or not rule_id:
-        raise RuleError("id", "the rule's id")
+    if type(rule_id) is not str or not rule_id.strip() or len(rule_id) > RULE_ID_MAX_LENGTH or "\x00" in rule_id:
+        raise RuleError("id", f"the rule's id: 1 to {RULE_ID_MAX_LENGTH} characters, no NUL")
     serve = data.get("serve")
     if serve not in {s.value for s in Serve}:
         raise RuleError("serve", f"one of {', '.join(s.value for s in Serve)}")
@@ -471,7 +475,7 @@ def rule_from_json(data: object, segments: Mapping[str, Segment] | None = None) 
     segment: Segment | None = None
     raw = data.get("segment")
     if isinstance(raw, str):
-        found = (segments or {}).get(raw)
+        found = (segments or {}).get(raw) if "\x00" not in raw else None
         if found is None:
             raise RuleError("segment", f"no segment {raw[:60]!r}")
         segment = found

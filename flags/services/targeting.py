@@ -48,6 +48,13 @@ def flags_using(segment_key: str) -> list[Flag]:
 # --- a flag's rules --------------------------------------------------------------------------------------------
 
 
+def _segment_names(rules: list[Any]) -> set[str]:
+    """The segment keys the rules name, those that can be keys only (a NUL cannot even be looked up in
+    PostgreSQL): any other name is refused by the core as no segment."""
+    return {rule["segment"] for rule in rules
+            if isinstance(rule, dict) and isinstance(rule.get("segment"), str) and is_flag_key(rule["segment"])}
+
+
 def parse_rules(rules: Any, segments: Mapping[str, targeting.Segment] | None = None) -> list[dict[str, Any]]:
     """Validate a flag's rules (JSON form) and return them as stored; ValidationError naming the rule and
     the field. Segments are named by key and must exist."""
@@ -59,7 +66,7 @@ def parse_rules(rules: Any, segments: Mapping[str, targeting.Segment] | None = N
         if isinstance(rule, dict) and isinstance(rule.get("segment"), dict):
             raise ValidationError({f"rules[{index}].segment": "name a segment by its key (create it first)"})
     if segments is None:
-        names = {rule["segment"] for rule in rules if isinstance(rule, dict) and isinstance(rule.get("segment"), str)}
+        names = _segment_names(rules)
         segments = segment_configs(names)
     try:
         built = targeting.rules_from_json(rules, segments)
@@ -82,8 +89,7 @@ def flag_set_rules(
     """Replace a flag's targeting rules (an ordered list, JSON form). The same rules again change nothing."""
     locked = _lock(flag)
     _check_version(locked, expected_version)
-    names = {rule["segment"] for rule in rules if isinstance(rule, dict) and isinstance(rule.get("segment"), str)} \
-        if isinstance(rules, list) else set()
+    names = _segment_names(rules) if isinstance(rules, list) else set()
     list(Segment.objects.select_for_update().filter(key__in=names))  # no segment goes away under this change
     stored = parse_rules(rules)
     if stored == locked.rules:
@@ -107,7 +113,7 @@ def _clean_key(key: Any) -> str:
 
 
 def _clean_ids(value: Any, name: str) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, str | Mapping) or not isinstance(value, Iterable):
         raise ValidationError({name: "must be a list of user ids"})
     ids = []
     for index, user_id in enumerate(value):
