@@ -1,5 +1,5 @@
-"""The management API on django-ninja: flags, allow/deny lists, the audit log, ingestion and metrics, and the
-OpenAPI document generated from their schemas (api/schemas.py).
+"""The management API on django-ninja: flags, their targeting rules, segments, allow/deny lists, the audit log,
+ingestion and metrics, and the OpenAPI document generated from their schemas (api/schemas.py).
 
 Every refusal, wherever it is raised (authentication, ninja's validation, a service), becomes the API's one
 error format in one place, `problem()`: {"error", "message", "fields"} with today's status codes.
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern, path
 from ninja import Header, NinjaAPI, Query, Router
@@ -22,7 +23,7 @@ from ninja.renderers import BaseRenderer
 
 from flags import selectors, services
 from flags.actors import Actor
-from flags.models import AuditEntry, Flag, Source, UserOverride
+from flags.models import AuditEntry, Flag, MemberKind, Segment, SegmentMember, Source, UserOverride
 from monitoring import selectors as monitoring_selectors
 from monitoring import services as monitoring
 
@@ -53,6 +54,14 @@ class Invalid(Exception):
     def __init__(self, fields: dict[str, list[str]]) -> None:
         super().__init__(fields)
         self.fields = fields
+
+
+class Conflict(Exception):
+    """A stale version of something that is no flag (flags have services.VersionConflict): its state now."""
+
+    def __init__(self, message: str, current: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class JsonBody(Parser):
@@ -130,10 +139,12 @@ def problem(exc: Exception) -> Resp | None:
         return fields if isinstance(fields, Resp) else validation_error(fields)
     if isinstance(exc, HttpError) and isinstance(exc.__cause__, BadJson):  # JsonBody refused the body
         return api_error(400, "invalid_json", str(exc.__cause__))
-    if isinstance(exc, services.FlagNotFound):
+    if isinstance(exc, services.FlagNotFound | services.SegmentNotFound):
         return api_error(404, "not_found", str(exc))
     if isinstance(exc, services.VersionConflict):
         return api_error(409, "conflict", str(exc), current=exc.current_state())
+    if isinstance(exc, Conflict):
+        return api_error(409, "conflict", str(exc), current=exc.current)
     if isinstance(exc, DjangoValidationError):
         return validation_error(_django_fields(exc))
     if isinstance(exc, Http404):
@@ -199,6 +210,7 @@ def _flag_json(flag: Flag, counts: dict[str, int] | None = None) -> dict[str, An
         "deny_count": counts["deny"],
         "created_at": flag.created_at.isoformat(),
         "updated_at": flag.updated_at.isoformat(),
+        "rules": flag.rules,
     }
 
 
@@ -245,17 +257,187 @@ def flag_change(request: HttpRequest, key: str, payload: schemas.FlagChange, res
     return _flag_json(flag)
 
 
-def _expected_version(header: str | None, value: int | None, fields: dict[str, list[str]]) -> int | None:
+def _expected_version(header: str | None, value: int | None, fields: dict[str, list[str]],
+                      of: str = "flag") -> int | None:
     raw = (header or "").strip()
     if not raw:
         return value
     raw = raw.removeprefix("W/").strip('"')
     if not schemas.is_number(raw, 18):
-        fields["If-Match"] = ["must be the flag's version number, e.g. If-Match: \"7\""]
+        fields["If-Match"] = [f"must be the {of}'s version number, e.g. If-Match: \"7\""]
         return None
     if value is not None and value != int(raw):
         fields["expected_version"] = ["disagrees with the If-Match header"]
     return int(raw)
+
+
+# --- a flag's targeting rules -----------------------------------------------------------------------------
+
+
+def _rules_json(flag: Flag) -> dict[str, Any]:
+    return {"flag": flag.key, "version": flag.version, "rules": flag.rules}
+
+
+@router.get("/api/v1/flags/{key}/rules", auth=MANAGE, url_name="api-flag-rules",
+            summary="A flag's targeting rules, in order (scope manage); ETag is the flag's version",
+            **responses(schemas.FlagRules, 404))
+def rules_detail(request: HttpRequest, key: str, response: HttpResponse) -> dict[str, Any]:
+    flag = _get_flag(key)
+    response["ETag"] = f'"{flag.version}"'
+    return _rules_json(flag)
+
+
+@router.put("/api/v1/flags/{key}/rules", auth=MANAGE, url_name="api-flag-rules",
+            summary="Replace a flag's targeting rules, the whole ordered list (scope manage; audited, source api)",
+            description="400 names the rule and the field, e.g. `rules[1].conditions[0].values`; nothing is "
+                        "written. The same rules again change nothing.",
+            **responses(schemas.FlagRules, 404, 409))
+def rules_replace(request: HttpRequest, key: str, payload: schemas.RulesChange, response: HttpResponse,
+                  if_match: str | None = Header(None, alias="If-Match",
+                                                description="the flag's version the change is based on"),
+                  ) -> dict[str, Any]:
+    fields: dict[str, list[str]] = {}
+    expected = _expected_version(if_match, payload.expected_version, fields)
+    if fields:
+        raise Invalid(fields)
+    flag = services.flag_set_rules(flag=key, rules=payload.rules, actor=_actor(request), source=Source.API,
+                                   reason=payload.reason.strip(), expected_version=expected)
+    response["ETag"] = f'"{flag.version}"'
+    return _rules_json(flag)
+
+
+# --- segments -----------------------------------------------------------------------------------------------
+
+SEGMENT_DOCS = {404: "Unknown segment.", 409: "The segment changed since that version; `current` holds its state."}
+SEGMENT_FIELDS = ("name", "description", "conditions", "included", "excluded")
+
+
+def _segment_json(segment: Segment, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "key": segment.key,
+        "name": segment.name,
+        "description": segment.description,
+        "conditions": segment.conditions,
+        "included_count": counts.get(MemberKind.INCLUDED, 0),
+        "excluded_count": counts.get(MemberKind.EXCLUDED, 0),
+        "version": segment.version,
+        "updated_at": segment.updated_at.isoformat(),
+    }
+
+
+def _member_counts(segments: list[Segment]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {segment.pk: {} for segment in segments}
+    rows = (SegmentMember.objects.filter(segment__in=segments).order_by().values_list("segment_id", "kind")
+            .annotate(n=Count("id")))
+    for segment_id, kind, n in rows:
+        counts[segment_id][kind] = n
+    return counts
+
+
+def _segment_detail(segment: Segment) -> dict[str, Any]:
+    members: dict[str, list[str]] = {MemberKind.INCLUDED: [], MemberKind.EXCLUDED: []}
+    for user_id, kind in segment.members.order_by("user_id").values_list("user_id", "kind"):
+        members[kind].append(user_id)
+    counts = {kind: len(ids) for kind, ids in members.items()}
+    return {**_segment_json(segment, counts), "included": members[MemberKind.INCLUDED],
+            "excluded": members[MemberKind.EXCLUDED], "created_at": segment.created_at.isoformat()}
+
+
+def _get_segment(key: str) -> Segment:
+    segment = Segment.objects.filter(key=key).first() if selectors.possible_key(key) else None
+    if segment is None:
+        raise services.SegmentNotFound(key[:100])
+    return segment
+
+
+def _list_problems(values: dict[str, Any]) -> dict[str, list[str]]:
+    """JSON lists only, each refused with the others in one answer (the services refuse the same one at a time)."""
+    fields: dict[str, list[str]] = {}
+    for name, value in values.items():
+        if name == "conditions" and not isinstance(value, list):
+            fields[name] = ["a list of conditions"]
+        elif name in ("included", "excluded") and not isinstance(value, list):
+            fields[name] = ["must be a list of user ids"]
+    return fields
+
+
+@router.get("/api/v1/segments", auth=MANAGE, url_name="api-segments",
+            summary="Every segment, with the number of its included and excluded ids (scope manage)",
+            **responses(schemas.SegmentList))
+def segments_list(request: HttpRequest) -> dict[str, Any]:
+    segments = list(Segment.objects.order_by("key"))
+    counts = _member_counts(segments)
+    return {"results": [_segment_json(segment, counts[segment.pk]) for segment in segments]}
+
+
+@router.post("/api/v1/segments", auth=MANAGE, url_name="api-segments",
+             summary="Create a segment (scope manage; audited, source api)",
+             description="A segment matches its included ids, or anyone whose context matches every condition; "
+                         "excluded ids never. Rules name it by key.",
+             **responses(schemas.Segment))
+def segment_add(request: HttpRequest, payload: schemas.SegmentCreate, response: HttpResponse) -> dict[str, Any]:
+    fields = {name: ["is required"] for name in ("key", "name") if name not in payload.model_fields_set}
+    fields |= _list_problems({name: getattr(payload, name) for name in ("conditions", "included", "excluded")})
+    if fields:
+        raise Invalid(fields)
+    segment = services.segment_create(key=payload.key, name=payload.name, description=payload.description,
+                                      conditions=payload.conditions, included=payload.included,
+                                      excluded=payload.excluded, actor=_actor(request), source=Source.API,
+                                      reason=payload.reason.strip())
+    response["ETag"] = f'"{segment.version}"'
+    return _segment_detail(segment)
+
+
+@router.get("/api/v1/segments/{key}", auth=MANAGE, url_name="api-segment",
+            summary="One segment with its included and excluded ids (scope manage); ETag is its version",
+            **responses(schemas.Segment, 404, said=SEGMENT_DOCS))
+def segment_detail(request: HttpRequest, key: str, response: HttpResponse) -> dict[str, Any]:
+    segment = _get_segment(key)
+    response["ETag"] = f'"{segment.version}"'
+    return _segment_detail(segment)
+
+
+@router.patch("/api/v1/segments/{key}", auth=MANAGE, url_name="api-segment",
+              summary="Change a segment's name, description, conditions, included and/or excluded ids, each "
+                      "replaced as a whole (scope manage; audited, source api)",
+              description="The flags whose rules name the segment move to a new version with it.",
+              **responses(schemas.Segment, 404, 409, said=SEGMENT_DOCS))
+def segment_change(request: HttpRequest, key: str, payload: schemas.SegmentChange, response: HttpResponse,
+                   if_match: str | None = Header(None, alias="If-Match",
+                                                 description="the segment's version the change is based on"),
+                   ) -> dict[str, Any]:
+    changes = {name: getattr(payload, name) for name in SEGMENT_FIELDS if name in payload.model_fields_set}
+    fields = _list_problems(changes)
+    if not changes:
+        fields["body"] = ["give name, description, conditions, included and/or excluded"]
+    expected = _expected_version(if_match, payload.expected_version, fields, of="segment")
+    if fields:
+        raise Invalid(fields)
+    _get_segment(key)
+    try:
+        segment = services.segment_update(segment=key, actor=_actor(request), source=Source.API,
+                                          reason=payload.reason.strip(), expected_version=expected, **changes)
+    except DjangoValidationError as exc:
+        # The service words a stale version as a refusal of expected_version; the API answers it as the flag
+        # PATCH answers its own: 409 with the state now.
+        stale = getattr(exc, "error_dict", {}).get("expected_version")
+        if expected is None or not stale:
+            raise
+        current = _get_segment(key)
+        raise Conflict(stale[0].messages[0], _segment_json(current, _member_counts([current])[current.pk])) from None
+    response["ETag"] = f'"{segment.version}"'
+    return _segment_detail(segment)
+
+
+@router.delete("/api/v1/segments/{key}", auth=MANAGE, url_name="api-segment",
+               summary="Delete a segment no flag's rules name (scope manage; audited, source api)",
+               description="400 names the flags whose rules still use it.",
+               **responses(schemas.SegmentDeleted, 404, said=SEGMENT_DOCS))
+def segment_remove(request: HttpRequest, key: str, payload: schemas.SegmentDelete) -> dict[str, Any]:
+    segment = _get_segment(key)
+    services.segment_delete(segment=segment.key, actor=_actor(request), source=Source.API,
+                            reason=payload.reason.strip())
+    return {"key": segment.key, "deleted": True}
 
 
 # --- allow and deny lists ---------------------------------------------------------------------------------
@@ -316,7 +498,8 @@ def overrides_remove(request: HttpRequest, key: str, payload: schemas.OverridesR
 # --- the audit log ----------------------------------------------------------------------------------------
 
 
-@router.get("/api/v1/audit", auth=MANAGE, url_name="api-audit", summary="Audit entries, newest first (scope manage)",
+@router.get("/api/v1/audit", auth=MANAGE, url_name="api-audit",
+            summary="Audit entries, newest first, of flags and segments (scope manage)",
             **responses(schemas.AuditPage, 404))
 def audit(request: HttpRequest, filters: Query[schemas.AuditFilters]) -> dict[str, Any]:
     if filters.since and filters.until and filters.since > filters.until:
@@ -324,6 +507,8 @@ def audit(request: HttpRequest, filters: Query[schemas.AuditFilters]) -> dict[st
     qs = AuditEntry.objects.order_by("-id")
     if filters.flag:
         qs = qs.filter(flag=_get_flag(filters.flag))
+    if filters.segment:  # no 404: a deleted segment keeps its history
+        qs = qs.filter(segment_key=filters.segment) if selectors.possible_key(filters.segment) else qs.none()
     if filters.since:
         qs = qs.filter(created_at__gte=filters.since)
     if filters.until:
@@ -335,8 +520,8 @@ def audit(request: HttpRequest, filters: Query[schemas.AuditFilters]) -> dict[st
     return {
         "results": [
             {"id": e.id, "created_at": e.created_at.isoformat(), "flag": e.flag_key, "flag_version": e.flag_version,
-             "action": e.action, "actor": e.actor, "actor_kind": e.actor_kind, "source": e.source,
-             "before": e.before, "after": e.after, "reason": e.reason}
+             "segment": e.segment_key or None, "action": e.action, "actor": e.actor, "actor_kind": e.actor_kind,
+             "source": e.source, "before": e.before, "after": e.after, "reason": e.reason}
             for e in rows[:limit]
         ],
         "next_cursor": rows[limit - 1].id if len(rows) > limit else None,

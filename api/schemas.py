@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
@@ -21,18 +21,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SkipValidation,
     StrictInt,
     StrictStr,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     WrapValidator,
+    with_config,
 )
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
+from flags import targeting
 from flags.evaluation import Reason as DecisionReason
 from flags.models import OverrideKind, UserOverride
-from flags.rules import USER_ID_MAX_LENGTH
+from flags.rules import KEY_MAX_LENGTH, SLUG_PATTERN, USER_ID_MAX_LENGTH
+from flags.services.targeting import RULES_MAX, SEGMENT_IDS_MAX
 from monitoring.services import MAX_RECORDS
 
 from .hot import MAX_DECISIONS
@@ -114,7 +118,8 @@ Moment = Annotated[datetime | None, BeforeValidator(_moment), documented(DATE_TI
 Limit = Annotated[int, Field(ge=1, le=PAGE_MAX), ascii_digits(6), said(f"must be an integer from 1 to {PAGE_MAX}")]
 Cursor = Annotated[int, ascii_digits(18), said("must be the next_cursor of a previous page")]
 # Checked by flags.rules.user_id_problem in the service, which names the bad one's index.
-UserId = Annotated[Any, documented({"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_LENGTH})]
+USER_ID = {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_LENGTH}
+UserId = Annotated[Any, documented(USER_ID)]
 UserIds = Annotated[list[UserId], Field(min_length=1), said("must be a non-empty list of user ids")]
 Text = Annotated[StrictStr, said("must be a string")]
 
@@ -140,7 +145,7 @@ class Error(Schema):
     error: str
     message: str
     fields: dict[str, list[str]] | None = Field(None, description="each bad field (or `body`) and what is wrong")
-    current: dict[str, Any] | None = Field(None, description="409: the flag's state now")
+    current: dict[str, Any] | None = Field(None, description="409: the flag's (or the segment's) state now")
     errors: list[dict[str, Any]] | None = Field(None, description="ingestion: every bad record's index, field "
                                                                   "and reason")
 
@@ -149,6 +154,37 @@ class OfrepError(Schema):
     key: str | None = None
     errorCode: Literal["PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL", "FLAG_NOT_FOUND"]
     errorDetails: str
+
+
+# --- targeting rules and segments (what they mean: flags/targeting.py) ------------------------------------
+# Passed to flags.services as sent (SkipValidation): the pure core checks them and names the bad rule and
+# field ("rules[1].conditions[0].values"); these types only describe them to the document.
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Condition(TypedDict):
+    attribute: Annotated[str, Field(min_length=1, max_length=targeting.ATTRIBUTE_MAX_LENGTH,
+                                    description="a key of the evaluation context")]
+    operator: Annotated[str, documented({"type": "string", "enum": list(targeting.OPERATORS)})]
+    values: Annotated[list[str | int | float | bool], Field(min_length=1, max_length=targeting.VALUES_MAX,
+                                                            description="one value for all but in and not_in")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Rule(TypedDict):
+    id: Annotated[str, Field(min_length=1, description="unique among the flag's rules; evaluations name it")]
+    serve: Annotated[str, documented({"type": "string", "enum": [s.value for s in targeting.Serve]})]
+    percentage: NotRequired[Annotated[float, Field(ge=0, le=100, description="only with serve: percentage; at "
+                                                                             "most two decimals")]]
+    segment: NotRequired[Annotated[str, Field(description="a segment's key: its users (and its conditions)")]]
+    conditions: NotRequired[Annotated[list[Condition], Field(max_length=targeting.CONDITIONS_MAX,
+                                                             description="all must hold")]]
+
+
+Rules = Annotated[SkipValidation[list[Rule]], Field(description=f"in order, the first that matches decides; at "
+                                                                f"most {RULES_MAX}")]
+Conditions = Annotated[SkipValidation[list[Condition]], Field(description=f"all must hold; at most "
+                                                                          f"{targeting.CONDITIONS_MAX}")]
 
 
 # --- flags ------------------------------------------------------------------------------------------------
@@ -170,6 +206,7 @@ class Flag(Schema):
     deny_count: int
     created_at: DateTimeText
     updated_at: DateTimeText
+    rules: Rules
 
 
 class FlagList(Schema):
@@ -177,6 +214,7 @@ class FlagList(Schema):
 
 
 Reason = Annotated[StrictStr, AfterValidator(_not_blank), said("is required: say why, it goes into the audit log")]
+ExpectedVersion = Annotated[StrictInt, Field(ge=1), said("must be a positive integer")] | None
 
 
 class FlagChange(Body):
@@ -187,8 +225,90 @@ class FlagChange(Body):
     rollout_percentage: Annotated[Any, documented({"type": "number", "minimum": 0, "maximum": 100})] = None
     client_side: Annotated[Any, documented({"type": "boolean"})] = None
     reason: Reason = Field(None, validate_default=True, description="why; it goes into the audit log")
-    expected_version: Annotated[StrictInt, Field(ge=1), said("must be a positive integer")] | None = Field(
-        None, description="the version the change is based on (or the If-Match header)")
+    expected_version: ExpectedVersion = Field(None, description="the version the change is based on (or the "
+                                                                 "If-Match header)")
+
+
+class FlagRules(Schema):
+    flag: str
+    version: int = Field(description="the flag's")
+    rules: Rules
+
+
+class RulesChange(Body):
+    """The flag's whole ordered list of rules (an empty list removes them all), and why."""
+
+    rules: Rules = Field(None, validate_default=True)
+    reason: Reason = Field(None, validate_default=True, description="why; it goes into the audit log")
+    expected_version: ExpectedVersion = Field(None, description="the flag's version the change is based on (or "
+                                                                "the If-Match header)")
+
+
+# --- segments ---------------------------------------------------------------------------------------------
+
+# Checked by flags.services (the key's rule is a flag key's; the ids are user ids).
+SegmentKey = Annotated[Any, documented({"type": "string", "minLength": 1, "maxLength": KEY_MAX_LENGTH,
+                                        # ECMA-262 for the document: $ where Python's pattern has \Z
+                                        "pattern": SLUG_PATTERN.removesuffix(r"\Z") + "$"})]
+AnyText = Annotated[Any, documented({"type": "string"})]
+MemberIds = Annotated[Any, documented({"type": "array", "items": USER_ID,
+                                       "description": f"replaces the list; at most {SEGMENT_IDS_MAX:,} "
+                                                      "included and excluded ids in all"})]
+
+
+class SegmentSummary(Schema):
+    key: str
+    name: str
+    description: str
+    conditions: Conditions
+    included_count: int
+    excluded_count: int
+    version: int
+    updated_at: DateTimeText
+
+
+class SegmentList(Schema):
+    results: list[SegmentSummary]
+
+
+class Segment(SegmentSummary):
+    included: list[str] = Field(description="always in the segment")
+    excluded: list[str] = Field(description="never in the segment")
+    created_at: DateTimeText
+
+
+class SegmentCreate(Body):
+    """A segment: included ids, or anyone matching every condition; excluded ids never. And why."""
+
+    key: SegmentKey = Field(None, validate_default=True, description="rules name the segment by it; immutable")
+    name: AnyText = Field(None, validate_default=True)
+    description: AnyText = ""
+    conditions: Conditions = Field(default_factory=list)
+    included: MemberIds = Field(default_factory=list)
+    excluded: MemberIds = Field(default_factory=list)
+    reason: Reason = Field(None, validate_default=True, description="why; it goes into the audit log")
+
+
+class SegmentChange(Body):
+    """Give name, description, conditions, included and/or excluded (each replaced as a whole), and why."""
+
+    name: AnyText = None
+    description: AnyText = None
+    conditions: Conditions = None  # type: ignore[assignment]  # None marks it left out; a null sent is refused
+    included: MemberIds = None
+    excluded: MemberIds = None
+    reason: Reason = Field(None, validate_default=True, description="why; it goes into the audit log")
+    expected_version: ExpectedVersion = Field(None, description="the segment's version the change is based on "
+                                                                "(or the If-Match header)")
+
+
+class SegmentDelete(Body):
+    reason: Reason = Field(None, validate_default=True, description="why; it goes into the audit log")
+
+
+class SegmentDeleted(Schema):
+    key: str
+    deleted: bool
 
 
 # --- allow and deny lists ---------------------------------------------------------------------------------
@@ -252,6 +372,7 @@ class OverridesRemoved(Schema):
 
 class AuditFilters(Schema):
     flag: str | None = None
+    segment: str | None = Field(None, description="a segment's key (deleted ones too)")
     since: Moment = None
     until: Moment = None
     limit: Limit = PAGE_SIZE
@@ -261,8 +382,10 @@ class AuditFilters(Schema):
 class AuditItem(Schema):
     id: int
     created_at: DateTimeText
-    flag: str
-    flag_version: int
+    flag: str = Field(description="empty for a segment's change")
+    flag_version: int = Field(description="the flag's version after the change (the segment's, for a segment's)")
+    segment: str | None = Field(description="the segment changed (its own entry: `flag` is empty), or null; "
+                                            "`after.flags` lists the flags whose rules name it")
     action: str
     actor: str
     actor_kind: str

@@ -27,6 +27,13 @@ ENDPOINTS = [
     ("post", OVERRIDES),
     ("delete", OVERRIDES),
     ("get", AUDIT),
+    ("get", f"/api/v1/flags/{FLAG}/rules"),
+    ("put", f"/api/v1/flags/{FLAG}/rules"),
+    ("get", "/api/v1/segments"),
+    ("post", "/api/v1/segments"),
+    ("get", f"/api/v1/segments/{FLAG}"),
+    ("patch", f"/api/v1/segments/{FLAG}"),
+    ("delete", f"/api/v1/segments/{FLAG}"),
     ("post", "/api/v1/executions"),
     ("get", f"/api/v1/flags/{FLAG}/metrics"),
 ]

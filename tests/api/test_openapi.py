@@ -65,6 +65,10 @@ def test_every_management_operation_is_documented_with_its_response_schema(docum
     ("post", "/api/v1/flags/{key}/overrides", "OverridesAdd", ["kind", "user_ids"]),
     ("delete", "/api/v1/flags/{key}/overrides", "OverridesRemove", ["user_ids"]),
     ("post", "/api/v1/executions", "ExecutionBatch", ["records"]),
+    ("put", "/api/v1/flags/{key}/rules", "RulesChange", ["rules", "reason"]),
+    ("post", "/api/v1/segments", "SegmentCreate", ["key", "name", "reason"]),
+    ("patch", "/api/v1/segments/{key}", "SegmentChange", ["reason"]),
+    ("delete", "/api/v1/segments/{key}", "SegmentDelete", ["reason"]),
 ])
 def test_every_write_documents_its_request_body_schema_and_refuses_other_fields(document, method, path, schema,
                                                                                 required):
@@ -88,12 +92,46 @@ def test_every_write_operation_takes_a_body(document):
             assert "requestBody" in document["paths"][path][method], (method, path)
 
 
-def test_the_patch_documents_if_match_and_the_409(document):
-    patch = document["paths"]["/api/v1/flags/{key}"]["patch"]
+@pytest.mark.parametrize(("method", "path"), [("patch", "/api/v1/flags/{key}"), ("put", "/api/v1/flags/{key}/rules"),
+                                            ("patch", "/api/v1/segments/{key}")])
+def test_the_patch_documents_if_match_and_the_409(document, method, path):
+    patch = document["paths"][path][method]
     assert {"name": "If-Match", "in": "header"}.items() <= next(
         p for p in patch["parameters"] if p["name"] == "If-Match").items()
     assert resolve(document, patch["responses"]["409"]["content"]["application/json"]["schema"])["properties"][
         "current"]
+
+
+TARGETING = [("get", "/api/v1/flags/{key}/rules", "FlagRules"), ("put", "/api/v1/flags/{key}/rules", "FlagRules"),
+             ("get", "/api/v1/segments", "SegmentList"), ("post", "/api/v1/segments", "Segment"),
+             ("get", "/api/v1/segments/{key}", "Segment"), ("patch", "/api/v1/segments/{key}", "Segment"),
+             ("delete", "/api/v1/segments/{key}", "SegmentDeleted")]
+
+
+@pytest.mark.parametrize(("method", "path", "schema"), TARGETING)
+def test_the_targeting_operations_are_documented_with_their_schemas(document, method, path, schema):
+    assert (method, path) in management_operations()
+    operation = document["paths"][path][method]
+    assert operation["security"] == [{"ApiKey": []}]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": f"#/components/schemas/{schema}"}
+    if "/segments/" in path:
+        assert operation["responses"]["404"]["description"] == "Unknown segment."
+
+
+def test_rules_and_conditions_are_described_from_the_pure_cores_names_and_limits(document):
+    from flags import targeting
+
+    schemas = document["components"]["schemas"]
+    assert schemas["Condition"]["properties"]["operator"]["enum"] == list(targeting.OPERATORS)
+    assert schemas["Condition"]["properties"]["values"]["maxItems"] == targeting.VALUES_MAX
+    assert schemas["Rule"]["required"] == ["id", "serve"]
+    assert schemas["Rule"]["additionalProperties"] is False
+    rule = {"$ref": "#/components/schemas/Rule"}
+    assert schemas["RulesChange"]["properties"]["rules"]["items"] == rule
+    assert schemas["Flag"]["properties"]["rules"]["items"] == rule  # a new key of the flag's body
+    assert "segment" in schemas["AuditItem"]["properties"]
+    assert "segment" in {p["name"] for p in document["paths"]["/api/v1/audit"]["get"]["parameters"]}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/flags/{key}/overrides", "/api/v1/audit"])
