@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .views import alerts, audit, explain, flag_detail, flag_list
+from .views import alerts, audit, explain, flag_detail, flag_list, rules
 
 flag_urls = [
     path("", flag_list.flag_list, name="list"),
@@ -15,6 +15,7 @@ flag_urls = [
     path("flags/<str:key>/rollout", flag_detail.flag_rollout, name="rollout"),
     path("flags/<str:key>/enabled", flag_detail.flag_enabled, name="enabled"),
     path("flags/<str:key>/client-side", flag_detail.flag_client_side, name="client_side"),
+    path("flags/<str:key>/rules", rules.flag_rules, name="rules"),
 ]
 
 alert_urls = [

@@ -24,6 +24,7 @@ from ..publish import publish_config_change
 from ..rules import KEY_MAX_LENGTH, is_flag_key
 from ..selectors import segment_configs
 from .base import _audit, _bump, _check_text, _check_version, _lock
+from .flags import require_reason
 
 RULES_MAX = 50  # per flag: rules are read in order on every decision
 SEGMENT_IDS_MAX = 100_000  # included plus excluded ids of one segment
@@ -87,6 +88,7 @@ def flag_set_rules(
     now: datetime | None = None,
 ) -> Flag:
     """Replace a flag's targeting rules (an ordered list, JSON form). The same rules again change nothing."""
+    require_reason(source=source, reason=reason)
     locked = _lock(flag)
     _check_version(locked, expected_version)
     names = _segment_names(rules) if isinstance(rules, list) else set()
