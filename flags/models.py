@@ -180,7 +180,8 @@ class AuditEntry(models.Model):
     actor = models.CharField(max_length=200)
     source = models.CharField(max_length=10, choices=Source.choices)
     # The flag changed, or none: a segment's change (segment_key) is one entry of its own, which lists the
-    # flags whose rules name the segment in after["flags"]; each of them shows it in its history.
+    # flags whose rules name the segment in after["flags"]; a flag's page shows the entries of the segments
+    # its rules name (flags.selectors.audit_for_flag).
     flag = models.ForeignKey(Flag, on_delete=models.PROTECT, related_name="audit_entries", null=True, blank=True)
     flag_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True, blank=True)
     segment_key = models.CharField(max_length=KEY_MAX_LENGTH, db_index=True, blank=True)

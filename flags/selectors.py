@@ -142,7 +142,11 @@ def _to_config(flag: Flag, allow: frozenset[str], deny: frozenset[str],
 
 
 def audit_for_flag(flag: Flag, *, limit: int = 20) -> list[AuditEntry]:
-    return list(AuditEntry.objects.filter(flag=flag).order_by("-created_at", "-id")[:limit])
+    """The flag's history, newest first: its own entries and those of the segments its rules name (a segment's
+    change changes who gets the flag)."""
+    segments = _segment_keys([flag])
+    mine = Q(flag=flag) | Q(segment_key__in=segments) if segments else Q(flag=flag)
+    return list(AuditEntry.objects.filter(mine).order_by("-created_at", "-id")[:limit])
 
 
 def last_change(flag: Flag) -> AuditEntry | None:

@@ -128,3 +128,15 @@ def test_viewers_cannot_save_and_outsiders_cannot_read(viewer, client_in, flag):
     assert Flag.objects.get(key="patch_mode_enabled").rules == []
     assert client_in(None).get(RULES, **HTMX).status_code == 403
     assert viewer.get("/flags/no_such_flag/rules", **HTMX).status_code == 404
+
+
+def test_the_flag_pages_recent_changes_include_its_segments_changes(viewer, flag, actor):
+    services.segment_create(key="beta", name="Beta", included=["b1"], actor=actor, source=Source.CLI)
+    services.segment_create(key="other", name="Other", included=["o1"], actor=actor, source=Source.CLI)
+    services.flag_set_rules(flag=flag, rules=[{"id": "beta", "serve": "on", "segment": "beta"}], actor=actor,
+                            source=Source.CLI)
+    services.segment_update(segment="beta", included=["b1", "b2"], actor=actor, source=Source.CLI, reason="b2 joins")
+    words = text(viewer.get("/flags/patch_mode_enabled/?partial=audit", **HTMX))
+    assert "segment_update (segment beta)" in words and "b2 joins" in words
+    assert "segment beta" in words and "segment other" not in words
+    assert words.index("segment_update (segment beta)") < words.index("rules_update")  # newest first
