@@ -1,19 +1,19 @@
 """The in-memory configuration snapshot every evaluating process answers from.
 
-Evaluation must not query the database per request. Each process holds all flags, their lists and the
-active API keys in memory, and at most every SNAPSHOT_CHECK_INTERVAL seconds (default 0.25) compares
-the config stamp with its own: from the cache (Redis) when one is shared between processes, from the
-database otherwise, or when Redis does not answer. When neither answers, the process keeps serving its last
-snapshot and marks it stale.
+Evaluation must not query the database per request. Each process holds all flags, their lists, their
+targeting rules with the segments they name, and the active API keys in memory, and at most every
+SNAPSHOT_CHECK_INTERVAL seconds (default 0.25) compares the config stamp with its own: from the cache (Redis)
+when one is shared between processes, from the database otherwise, or when Redis does not answer. When
+neither answers, the process keeps serving its last snapshot and marks it stale.
 
-A newer stamp reloads only what changed. Every change of a flag, its lists included, moves that flag's
-version (flags/services.py), so the process reads (id, key, version) of every flag, a thousand small rows,
-and reads again only the flags whose (id, version) differ from the ones it holds, with their lists; flags
-gone are dropped, new ones added, and every unchanged FlagConfig (with its frozensets, possibly of a million
-user ids) is kept as the same object. API keys, a few rows, are read again in full. The first load of a
-process reads everything (`_load`). Measured here with 1,000 flags and 1 M list entries
-(bench/bench_snapshot.py): a full load takes about 1.4 s; a change to one small flag costs a worker about 4 ms
-of CPU and reaches both workers within 0.3 s.
+A newer stamp reloads only what changed. Every change of a flag, its lists and targeting rules included, moves
+that flag's version (flags/services/), and so does a change of a segment its rules name, so the process reads
+(id, key, version) of every flag, a thousand small rows, and reads again only the flags whose (id, version)
+differ from the ones it holds, with their lists; flags gone are dropped, new ones added, and every unchanged
+FlagConfig (with its frozensets, possibly of a million user ids) is kept as the same object. API keys, a few
+rows, are read again in full. The first load of a process reads everything (`_load`). Measured here with 1,000
+flags and 1 M list entries (bench/bench_snapshot.py): a full load takes about 1.4 s; a change to one small flag
+costs a worker about 4 ms of CPU and reaches both workers within 0.3 s.
 
 The reads are ordered so that a config is never older than the version it carries (the stamp first, then
 the versions, then each changed flag's row, then its lists): a change committed in between moves the stamp
