@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .views import alerts, audit, explain, flag_detail, flag_list, rules
+from .views import alerts, audit, explain, flag_detail, flag_list, rules, segments
 
 flag_urls = [
     path("", flag_list.flag_list, name="list"),
@@ -25,4 +25,13 @@ alert_urls = [
     path("flags/<str:key>/guardrails", alerts.flag_guardrails, name="flag_guardrails"),
     path("flags/<str:key>/plan", alerts.flag_plan, name="flag_plan"),
     path("flags/<str:key>/plan/action", alerts.plan_action, name="plan_action"),
+]
+
+segment_urls = [
+    path("segments/", segments.segment_list, name="list"),
+    # No trailing slash, so it never shadows the page of a segment whose key is "new" (segments/new/).
+    path("segments/new", segments.segment_new, name="new"),
+    path("segments/<str:key>/", segments.segment_detail, name="detail"),
+    path("segments/<str:key>/edit", segments.segment_edit, name="edit"),
+    path("segments/<str:key>/delete", segments.segment_delete, name="delete"),
 ]

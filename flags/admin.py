@@ -26,7 +26,6 @@ from django.utils.html import format_html, format_html_join
 from . import selectors, services
 from .actors import Actor
 from .models import AuditEntry, Flag, MemberKind, OverrideKind, Segment, Source, UserOverride
-from .services.targeting import flags_using
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldOpts
@@ -654,7 +653,7 @@ class SegmentAdmin(ServiceAdmin):
 
     @admin.display(description="flags using it")
     def used_by(self, obj: Segment) -> str:
-        flags = flags_using(obj.key)
+        flags = selectors.flags_using(obj.key)
         if not flags:
             return "-"
         return format_html_join(

@@ -90,6 +90,20 @@ def flag_configs_by_id(ids: Collection[int] | None = None) -> dict[int, evaluati
             for flag in flags}
 
 
+def flags_by_segment() -> dict[str, list[Flag]]:
+    """The flags whose rules name each segment, by segment key, in key order: one query for every segment."""
+    using: dict[str, list[Flag]] = {}
+    for flag in Flag.objects.exclude(rules=[]).order_by("key"):
+        for key in _segment_keys([flag]):
+            using.setdefault(key, []).append(flag)
+    return using
+
+
+def flags_using(segment_key: str) -> list[Flag]:
+    """The flags whose rules name this segment, in key order."""
+    return [flag for flag in Flag.objects.exclude(rules=[]).order_by("key") if segment_key in _segment_keys([flag])]
+
+
 def _segment_keys(flags: Iterable[Flag]) -> set[str]:
     return {rule["segment"] for flag in flags for rule in flag.rules if isinstance(rule.get("segment"), str)}
 

@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from dashboard.urls import alert_urls, flag_urls
+from dashboard.urls import alert_urls, flag_urls, segment_urls
 
 from . import health, metrics_endpoint
 
@@ -21,4 +21,5 @@ urlpatterns = [
     path("", include("api.urls")),
     path("", include((flag_urls, "flags"))),
     path("", include((alert_urls, "alerts"))),
+    path("", include((segment_urls, "segments"))),
 ]

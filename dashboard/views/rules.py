@@ -32,7 +32,9 @@ OPERATOR_WORDS = {
 }
 
 
-def _condition_words(condition: dict[str, Any]) -> str:
+def condition_words(condition: dict[str, Any]) -> str:
+    """A stored condition in words, values as JSON: 'email ends with "@ourcompany.com"' (the rules panel and the
+    segment pages)."""
     values = ", ".join(json.dumps(v, ensure_ascii=False) for v in condition["values"])
     return f"{condition['attribute']} {OPERATOR_WORDS.get(condition['operator'], condition['operator'])} {values}"
 
@@ -40,7 +42,7 @@ def _condition_words(condition: dict[str, Any]) -> str:
 def _rule_words(rule: dict[str, Any]) -> dict[str, Any]:
     serve = {"on": "serve on", "off": "serve off"}.get(rule["serve"], f"serve {rule.get('percentage')}%")
     who = [f"in segment {rule['segment']}"] if rule.get("segment") else []
-    return {"id": rule["id"], "serve": serve, "when": who + [_condition_words(c) for c in rule.get("conditions", [])]}
+    return {"id": rule["id"], "serve": serve, "when": who + [condition_words(c) for c in rule.get("conditions", [])]}
 
 
 def _panel(request: HtmxHttpRequest, flag: Flag, *, status: int = 200, text: str | None = None,

@@ -22,7 +22,7 @@ from ..actors import Actor
 from ..models import AuditEntry, Flag, MemberKind, Segment, SegmentMember, Source, validate_user_id
 from ..publish import publish_config_change
 from ..rules import KEY_MAX_LENGTH, is_flag_key
-from ..selectors import segment_configs
+from ..selectors import flags_using, segment_configs
 from .base import _audit, _bump, _check_text, _check_version, _lock
 from .flags import require_reason
 
@@ -38,12 +38,6 @@ class SegmentNotFound(Exception):
 
 def _refused(exc: targeting.RuleError) -> ValidationError:
     return ValidationError({exc.field or "rules": exc.message})
-
-
-def flags_using(segment_key: str) -> list[Flag]:
-    """The flags whose rules name this segment, by key."""
-    return [flag for flag in Flag.objects.exclude(rules=[]).order_by("key")
-            if any(rule.get("segment") == segment_key for rule in flag.rules)]
 
 
 # --- a flag's rules --------------------------------------------------------------------------------------------
@@ -199,6 +193,7 @@ def segment_create(
     reason: str = "",
     now: datetime | None = None,
 ) -> Segment:
+    require_reason(source=source, reason=reason)
     key = _clean_key(key)
     _check_text("name", name, 200)
     if not name.strip():
@@ -232,6 +227,7 @@ def segment_update(
     unknown = sorted(set(changes) - {"name", "description", "conditions", "included", "excluded"})
     if unknown:
         raise ValidationError({name: "cannot be changed" for name in unknown})
+    require_reason(source=source, reason=reason)
     # Locks in one order everywhere, flags before segments (flag_set_rules too), so no two writers deadlock.
     # A flag that starts naming the segment meanwhile waits for this change and validates against it.
     flags = [_lock(flag) for flag in flags_using(segment.key if isinstance(segment, Segment) else segment)]
@@ -286,6 +282,7 @@ def segment_update(
 def segment_delete(*, segment: Segment | str, actor: Actor, source: str, reason: str = "",
                    now: datetime | None = None) -> None:
     """Delete a segment no flag's rules name (refused otherwise, naming those flags)."""
+    require_reason(source=source, reason=reason)
     locked = _lock_segment(segment)
     flags = flags_using(locked.key)
     if flags:

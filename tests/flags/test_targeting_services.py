@@ -106,7 +106,7 @@ def test_a_segment_is_created_with_its_members_and_audited_on_its_own(beta):
 def test_a_bad_segment_is_refused_naming_the_field_and_nothing_is_saved(db, actor, kwargs, field):
     values = {"key": "beta", "name": "Beta", "included": ["u1"], **kwargs}
     with pytest.raises(ValidationError) as refused:
-        rules_services.segment_create(**values, actor=actor, source=Source.UI)
+        rules_services.segment_create(**values, actor=actor, source=Source.API)
     assert field in refused.value.message_dict, refused.value.message_dict
     assert not Segment.objects.exists() and not SegmentMember.objects.exists()
     assert not AuditEntry.objects.exists()
@@ -114,7 +114,7 @@ def test_a_bad_segment_is_refused_naming_the_field_and_nothing_is_saved(db, acto
 
 def test_a_segment_key_is_unique(beta, actor):
     with pytest.raises(ValidationError) as refused:
-        rules_services.segment_create(key="beta", name="again", included=["x"], actor=actor, source=Source.UI)
+        rules_services.segment_create(key="beta", name="again", included=["x"], actor=actor, source=Source.API)
     assert "key" in refused.value.message_dict
 
 
@@ -123,7 +123,7 @@ def test_changing_a_segment_moves_every_flag_that_uses_it_and_lists_them_in_its_
     other = make_flag("other_flag")
     rules_services.flag_set_rules(flag=using, rules=[BETA], actor=actor, source=Source.CLI)
     versions = {f.key: Flag.objects.get(pk=f.pk).version for f in (using, other)}
-    changed = rules_services.segment_update(segment="beta", included=["b1", "b4"], actor=actor, source=Source.UI,
+    changed = rules_services.segment_update(segment="beta", included=["b1", "b4"], actor=actor, source=Source.API,
                                             reason="b2 left", expected_version=beta.version)
     assert changed.version == beta.version + 1
     assert set(changed.members.filter(kind="included").values_list("user_id", flat=True)) == {"b1", "b4"}
@@ -137,30 +137,30 @@ def test_changing_a_segment_moves_every_flag_that_uses_it_and_lists_them_in_its_
 
 def test_a_segment_change_that_changes_nothing_writes_nothing(beta, actor):
     count = AuditEntry.objects.count()
-    same = rules_services.segment_update(segment=beta, included=["b2", "b1"], actor=actor, source=Source.UI)
+    same = rules_services.segment_update(segment=beta, included=["b2", "b1"], actor=actor, source=Source.API)
     assert same.version == beta.version and AuditEntry.objects.count() == count
 
 
 def test_a_segment_change_on_a_stale_version_or_of_an_unknown_field_is_refused(beta, actor):
     with pytest.raises(ValidationError) as refused:
         rules_services.segment_update(segment=beta, name="x", expected_version=beta.version + 1, actor=actor,
-                                      source=Source.UI)
+                                      source=Source.API)
     assert "expected_version" in refused.value.message_dict
     with pytest.raises(ValidationError) as refused:
-        rules_services.segment_update(segment=beta, key="gamma", actor=actor, source=Source.UI)
+        rules_services.segment_update(segment=beta, key="gamma", actor=actor, source=Source.API)
     assert "key" in refused.value.message_dict
     with pytest.raises(SegmentNotFound):
-        rules_services.segment_update(segment="gamma", name="x", actor=actor, source=Source.UI)
+        rules_services.segment_update(segment="gamma", name="x", actor=actor, source=Source.API)
 
 
 def test_a_segment_change_that_would_leave_a_flags_rule_unable_to_match_is_refused(flag, actor):
-    rules_services.segment_create(key="adults", name="Adults", actor=actor, source=Source.UI,
+    rules_services.segment_create(key="adults", name="Adults", actor=actor, source=Source.API,
                                   conditions=[{"attribute": "age", "operator": "gte", "values": [18]}])
-    rules_services.flag_set_rules(flag=flag, actor=actor, source=Source.UI, rules=[
+    rules_services.flag_set_rules(flag=flag, actor=actor, source=Source.API, rules=[
         {"id": "young-adults", "serve": "on", "segment": "adults",
          "conditions": [{"attribute": "age", "operator": "lt", "values": [30]}]}])
     with pytest.raises(ValidationError, match="patch_mode_enabled"):
-        rules_services.segment_update(segment="adults", actor=actor, source=Source.UI,
+        rules_services.segment_update(segment="adults", actor=actor, source=Source.API,
                                       conditions=[{"attribute": "age", "operator": "gte", "values": [40]}])
     assert Segment.objects.get(key="adults").conditions[0]["values"] == [18]
 
@@ -168,10 +168,10 @@ def test_a_segment_change_that_would_leave_a_flags_rule_unable_to_match_is_refus
 def test_a_segment_in_use_cannot_be_deleted_and_an_unused_one_is_deleted_with_an_entry(flag, beta, actor):
     rules_services.flag_set_rules(flag=flag, rules=[BETA], actor=actor, source=Source.CLI)
     with pytest.raises(ValidationError, match="patch_mode_enabled"):
-        rules_services.segment_delete(segment="beta", actor=actor, source=Source.UI)
+        rules_services.segment_delete(segment="beta", actor=actor, source=Source.API)
     assert Segment.objects.filter(key="beta").exists()
     rules_services.flag_set_rules(flag=flag, rules=[], actor=actor, source=Source.CLI)
-    rules_services.segment_delete(segment="beta", actor=actor, source=Source.UI, reason="programme over")
+    rules_services.segment_delete(segment="beta", actor=actor, source=Source.API, reason="programme over")
     assert not Segment.objects.exists() and not SegmentMember.objects.exists()
     entry = AuditEntry.objects.filter(segment_key="beta").latest("id")
     assert (entry.action, entry.reason, entry.after) == ("segment_delete", "programme over", {"flags": []})
@@ -179,7 +179,7 @@ def test_a_segment_in_use_cannot_be_deleted_and_an_unused_one_is_deleted_with_an
 
 
 def test_segment_configs_are_what_the_evaluation_core_reads(beta, actor):
-    rules_services.segment_create(key="staff", name="Staff", actor=actor, source=Source.UI,
+    rules_services.segment_create(key="staff", name="Staff", actor=actor, source=Source.API,
                                   conditions=[STAFF["conditions"][0]])
     configs = selectors.segment_configs()
     assert set(configs) == {"beta", "staff"}
@@ -195,3 +195,16 @@ def test_conditions_that_are_no_list_are_refused_naming_conditions(db, actor, co
                                       source=Source.API)
     assert list(refused.value.message_dict) == ["conditions"]
     assert not Segment.objects.exists()
+
+
+def test_a_segment_change_from_the_dashboard_needs_a_reason_like_every_other(db, actor):
+    with pytest.raises(ValidationError) as refused:
+        rules_services.segment_create(key="s", name="S", included=["u"], actor=actor, source=Source.UI, reason=" ")
+    assert list(refused.value.message_dict) == ["reason"] and not Segment.objects.exists()
+    rules_services.segment_create(key="s", name="S", included=["u"], actor=actor, source=Source.UI, reason="beta")
+    for write in (lambda: rules_services.segment_update(segment="s", name="T", actor=actor, source=Source.UI),
+                  lambda: rules_services.segment_delete(segment="s", actor=actor, source=Source.UI)):
+        with pytest.raises(ValidationError) as refused:
+            write()
+        assert list(refused.value.message_dict) == ["reason"]
+    assert Segment.objects.get(key="s").name == "S"
