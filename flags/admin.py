@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections import defaultdict
@@ -15,7 +14,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet, Subquery
-from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -25,6 +23,7 @@ from django.utils.html import format_html, format_html_join
 
 from . import selectors, services
 from .actors import Actor
+from .forms import JSONTextField, UserIdsField
 from .models import AuditEntry, Flag, MemberKind, OverrideKind, Segment, Source, UserOverride
 
 if TYPE_CHECKING:
@@ -99,59 +98,6 @@ class ServiceAdmin(admin.ModelAdmin):
                 return super().changeform_view(request, object_id, form_url, extra_context)
             finally:
                 _refusal.reset(token)
-
-
-class JSONTextField(forms.JSONField):
-    """JSON in a textarea, pretty-printed; empty means an empty list; a syntax error says where."""
-
-    def to_python(self, value: Any) -> Any:
-        if value in self.empty_values:
-            return []
-        if isinstance(value, list | dict | int | float):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
-                                  code="invalid") from None
-
-    def prepare_value(self, value: Any) -> str:
-        if isinstance(value, InvalidJSONInput):
-            return value
-        if value is None:  # no initial value: an empty textarea, not "null"
-            return ""
-        return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-class UserIdsField(forms.Field):
-    """User ids, one per line or comma-separated (CSV: quote an id that holds a comma); blank entries and
-    repeats are skipped. The ids are checked by flags.services' own reader (parse_user_id_list)."""
-
-    widget = forms.Textarea(attrs={"rows": 6, "cols": 60})
-
-    def to_python(self, value: Any) -> list[str]:
-        if isinstance(value, list):
-            return value
-        text = "" if value in self.empty_values else str(value)
-        try:
-            cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
-        except csv.Error as exc:
-            raise ValidationError(f"Not readable as CSV: {exc}.", code="invalid") from None
-        parsed = services.parse_user_id_list(cells)
-        if parsed.invalid:
-            shown = "; ".join(f"{bad!r} (entry {number}): {message}" for number, bad, message in parsed.invalid[:5])
-            more = f" (and {len(parsed.invalid) - 5} more)" if len(parsed.invalid) > 5 else ""
-            raise ValidationError(f"{len(parsed.invalid)} invalid user id(s): {shown}{more}.", code="invalid")
-        return [user_id for _number, user_id in parsed.ids]
-
-    def prepare_value(self, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")  # quotes an id with a comma, a quote or a line break
-        for user_id in value:
-            writer.writerow([user_id])
-        return out.getvalue()
 
 
 class FlagAdminForm(ServiceForm):

@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from flags import selectors, services
 from flags.actors import Actor
-from flags.admin import JSONTextField, UserIdsField
+from flags.forms import JSONTextField, UserIdsField
 from flags.models import KEY_VALIDATOR, AuditEntry, Flag, MemberKind, Segment, Source
 
 from ..access import HtmxHttpRequest, can_manage, manager_required, viewer_required
