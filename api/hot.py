@@ -231,6 +231,34 @@ def validation_error(fields: dict[str, list[str]]) -> Resp:
     return api_error(400, "validation_failed", f"invalid input in: {names}", fields)
 
 
+def _users(data: dict[str, Any], fields: dict[str, list[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """`users` of a bulk evaluation: [{"user_id": ..., "attributes": {...}}], each with a context of its own."""
+    if "user_ids" in data or "attributes" in data:
+        fields["users"] = ["give users alone, or user_ids with one attributes object for them all"]
+    items = data["users"]
+    if not isinstance(items, list) or not items:
+        fields["users"] = ["must be a non-empty list of {\"user_id\": ..., \"attributes\": {...}}"]
+        return []
+    users: list[tuple[str, dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            fields[f"users[{index}]"] = ["must be an object with user_id and attributes"]
+            continue
+        for name in sorted(set(item) - {"user_id", "attributes"}):
+            fields[f"users[{index}].{name}"] = ["unknown field"]
+        user_id: Any = item.get("user_id")
+        problem = "is required" if user_id is None else user_id_problem(user_id)
+        if problem:
+            fields[f"users[{index}].user_id"] = [problem]
+            continue
+        found: dict[str, list[str]] = {}
+        attributes = _attributes(item.get("attributes"), found)
+        if found:
+            fields[f"users[{index}].attributes"] = found["attributes"]
+        users.append((user_id, attributes))
+    return users
+
+
 def _decision_json(flag_key: str, user_id: str, decision: Decision) -> dict[str, Any]:
     body = {
         "flag": flag_key,
@@ -299,7 +327,9 @@ def evaluate_one(req: Req, key: str) -> Resp:
 
 
 def evaluate_many(req: Req) -> Resp:
-    """POST /api/v1/evaluate {"user_ids": [...], "flags": [...] (default: every flag)}"""
+    """POST /api/v1/evaluate {"user_ids": [...], "attributes": {...}, "flags": [...] (default: every flag)}, or
+    "users": [{"user_id": ..., "attributes": {...}}, ...] instead of user_ids when each user has a context of
+    their own."""
     denied = _auth_or_error(req, "evaluate")
     if denied is not None:
         return denied
@@ -312,19 +342,24 @@ def evaluate_many(req: Req) -> Resp:
     if not isinstance(data, dict):
         return validation_error({"body": ["must be a JSON object"]})
     fields: dict[str, list[str]] = {}
-    unknown = sorted(set(data) - {"user_ids", "flags", "attributes"})
+    unknown = sorted(set(data) - {"user_ids", "users", "flags", "attributes"})
     for name in unknown:
         fields[name] = ["unknown field"]
-    user_ids = data.get("user_ids")
-    if not isinstance(user_ids, list) or not user_ids:
-        fields["user_ids"] = ["must be a non-empty list of user ids"]
-        user_ids = []
+    shared = _attributes(data.get("attributes"), fields)  # the same for every user of user_ids
+    if "users" in data:
+        users = _users(data, fields)
     else:
-        for index, value in enumerate(user_ids):
-            problem = user_id_problem(value)
-            if problem:
-                fields[f"user_ids[{index}]"] = [problem]
-    attributes = _attributes(data.get("attributes"), fields)  # the same for every user of the request
+        user_ids = data.get("user_ids")
+        if not isinstance(user_ids, list) or not user_ids:
+            fields["user_ids"] = ["must be a non-empty list of user ids"]
+            user_ids = []
+        else:
+            for index, value in enumerate(user_ids):
+                problem = user_id_problem(value)
+                if problem:
+                    fields[f"user_ids[{index}]"] = [problem]
+        users = [(user_id, shared) for user_id in user_ids]
+    user_ids = [user_id for user_id, _ in users]
     snapshot = store.get()
     flag_keys = data.get("flags")
     if flag_keys is None:
@@ -333,8 +368,9 @@ def evaluate_many(req: Req) -> Resp:
         fields["flags"] = ["must be a non-empty list of flag keys (or left out for every flag)"]
         flag_keys = []
     if user_ids and flag_keys and len(user_ids) * len(flag_keys) > MAX_DECISIONS:
-        fields["user_ids"] = [f"at most {MAX_DECISIONS} decisions per request (flags x user ids); "
-                              f"this asks for {len(user_ids) * len(flag_keys)}"]
+        fields["users" if "users" in data else "user_ids"] = [
+            f"at most {MAX_DECISIONS} decisions per request (flags x user ids); "
+            f"this asks for {len(user_ids) * len(flag_keys)}"]
     if fields:
         return validation_error(fields)
     results: list[dict[str, Any]] = []
@@ -342,7 +378,7 @@ def evaluate_many(req: Req) -> Resp:
     for key in flag_keys:
         flag = snapshot.flags.get(key)
         reasons: dict[str, int] = {}
-        for user_id in user_ids:
+        for user_id, attributes in users:
             decision = evaluate(flag, user_id, attributes)
             reason = decision.reason.value
             reasons[reason] = reasons.get(reason, 0) + 1

@@ -80,7 +80,9 @@ def ofrep_evaluate_flags(request: HttpRequest, payload: schemas.OfrepRequest | N
 
 @_operation(BY_NAME["api-evaluate-flag"], "Evaluate one flag for one user (scope evaluate)", schemas.FlagDecision, 404)
 def evaluate_flag(request: HttpRequest, key: str,
-                  user_id: str = Query(..., min_length=1, max_length=USER_ID_MAX_LENGTH)) -> None:
+                  user_id: str = Query(..., min_length=1, max_length=USER_ID_MAX_LENGTH),
+                  attributes: str | None = Query(None, description="a JSON object: the user's context, for "
+                                                                   "targeting rules")) -> None:
     _described_only(request)
 
 

@@ -438,6 +438,8 @@ class Ingested(Schema):
 
 
 class OfrepContext(Schema):
+    """The user id, and any other attribute for the flag's targeting rules (email, plan, app_version, ...)."""
+
     model_config = ConfigDict(extra="allow")
 
     targetingKey: str | None = Field(None, description="the user id")
@@ -453,6 +455,7 @@ class OfrepMetadata(Schema):
     rolloutPercentage: float
     version: int = Field(description="the flag's own")
     stale: bool
+    ruleId: str | None = Field(None, description="the targeting rule that decided (reason RULE_MATCH)")
 
 
 class OfrepSuccess(Schema):
@@ -473,6 +476,7 @@ class Decision(Schema):
     enabled: bool
     reason: DecisionReason
     bucket: int | None = Field(description="0..9999 (murmur3) or the cohort 0..99 (legacy)")
+    rule: str | None = Field(None, description="the targeting rule that decided (reason RULE_MATCH)")
 
 
 class FlagDecision(Decision):
@@ -481,8 +485,17 @@ class FlagDecision(Decision):
     stale: bool
 
 
+class EvaluateUser(Body):
+    user_id: str
+    attributes: dict[str, Any] | None = Field(None, description="this user's context, for targeting rules")
+
+
 class EvaluateRequest(Body):
-    user_ids: list[str] = Field(description=f"at most {MAX_DECISIONS} decisions (flags x user ids)")
+    user_ids: list[str] | None = Field(None, description=f"at most {MAX_DECISIONS} decisions (flags x user ids)")
+    attributes: dict[str, Any] | None = Field(None, description="the context of every user of user_ids, for "
+                                                                 "targeting rules")
+    users: list[EvaluateUser] | None = Field(None, description="instead of user_ids and attributes: each user "
+                                                               "with a context of their own")
     flags: list[str] | None = Field(None, description="default: every flag")
 
 

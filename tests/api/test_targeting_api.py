@@ -144,3 +144,28 @@ def test_rules_that_cannot_be_read_serve_the_flag_off_and_say_so(targeted, caplo
     assert config.enabled is False and config.rules == ()
     assert evaluation.evaluate(config, "u1").reason == evaluation.Reason.DISABLED
     assert "patch_mode_enabled: its targeting rules cannot be read" in caplog.text
+
+
+def test_json_bulk_takes_users_each_with_their_own_attributes(call, targeted, secret):
+    answer = call("POST", "/api/v1/evaluate", {"flags": [FLAG], "users": [
+        {"user_id": "u1", "attributes": {"email": "ana@ourcompany.com"}},
+        {"user_id": "u2", "attributes": {"app_version": "1.0.0"}},
+        {"user_id": "u3"}]}, **bearer(secret))
+    assert answer.status == 200
+    results = {r["user_id"]: (r["enabled"], r["reason"], r.get("rule")) for r in answer.json()["results"]}
+    assert results == {"u1": (True, "RULE_MATCH", "staff"), "u2": (False, "RULE_MATCH", "old-app"),
+                       "u3": (True, "IN_ROLLOUT", None)}
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"users": [], "flags": [FLAG]}, ["users"]),
+    ({"users": "u1"}, ["users"]),
+    ({"users": [{"user_id": "u1"}], "user_ids": ["u2"]}, ["users"]),
+    ({"users": [{"user_id": "u1"}], "attributes": {"plan": "pro"}}, ["users"]),
+    ({"users": [{"user_id": ""}, {"attributes": {}}]}, ["users[0].user_id", "users[1].user_id"]),
+    ({"users": [{"user_id": "u1", "attributes": ["x"]}, "u2"]}, ["users[0].attributes", "users[1]"]),
+    ({"users": [{"user_id": "u1", "traits": {}}]}, ["users[0].traits"]),
+])
+def test_json_bulk_users_that_are_malformed_are_400_naming_each(call, targeted, secret, body, fields):
+    answer = call("POST", "/api/v1/evaluate", body, **bearer(secret))
+    assert answer.status == 400 and sorted(answer.json()["fields"]) == fields
