@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -23,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 
 from . import selectors, services
 from .actors import Actor
-from .forms import JSONTextField, UserIdsField
+from .forms import JSONTextField, UserIdsField, show_refusal
 from .models import AuditEntry, Flag, MemberKind, OverrideKind, Segment, Source, UserOverride
 
 if TYPE_CHECKING:
@@ -48,26 +47,13 @@ def _error_text(exc: ValidationError) -> str:
 _refusal: ContextVar[ValidationError | None] = ContextVar("admin_refusal", default=None)
 
 
-def _show_refusal(form: forms.BaseForm, refusal: ValidationError) -> None:
-    if not hasattr(refusal, "error_dict"):
-        form.add_error(None, refusal.messages)
-        return
-    for key, texts in refusal.message_dict.items():
-        name = re.split(r"[.\[]", key, maxsplit=1)[0]
-        field = form.fields.get(name)
-        if field is not None and not field.widget.is_hidden:
-            form.add_error(name, [text if key == name else f"{key}: {text}" for text in texts])
-        else:
-            form.add_error(None, [f"{key}: {text}" for text in texts])
-
-
 class ServiceForm(forms.ModelForm):
     refusal: ClassVar[ValidationError | None] = None  # set by ServiceAdmin.get_form on the second run
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}  # Django's clean() returns cleaned_data, typed as optional
         if self.refusal is not None:
-            _show_refusal(self, self.refusal)
+            show_refusal(self, self.refusal)
         return cleaned
 
 

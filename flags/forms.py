@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 from django import forms
@@ -66,3 +67,18 @@ class UserIdsField(forms.Field):
         for user_id in value:
             writer.writerow([user_id])
         return out.getvalue()
+
+
+def show_refusal(form: forms.BaseForm, refusal: ValidationError) -> None:
+    """Each of a service's messages on the form field it names ("conditions[0].values" goes on conditions, with
+    its path); a message for no visible field goes on top of the form."""
+    if not hasattr(refusal, "error_dict"):
+        form.add_error(None, refusal.messages)
+        return
+    for key, texts in refusal.message_dict.items():
+        name = re.split(r"[.\[]", key, maxsplit=1)[0]
+        field = form.fields.get(name)
+        if field is not None and not field.widget.is_hidden:
+            form.add_error(name, [text if key == name else f"{key}: {text}" for text in texts])
+        else:
+            form.add_error(None, [text if key == "__all__" else f"{key}: {text}" for text in texts])

@@ -7,7 +7,6 @@ locks and writes the audit entry; these views read the form, show each refusal n
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from flags import selectors, services
 from flags.actors import Actor
-from flags.forms import JSONTextField, UserIdsField
+from flags.forms import JSONTextField, UserIdsField, show_refusal
 from flags.models import KEY_VALIDATOR, AuditEntry, Flag, MemberKind, Segment, Source
 
 from ..access import HtmxHttpRequest, can_manage, manager_required, viewer_required
@@ -120,22 +119,9 @@ class SegmentForm(forms.ModelForm):
 
     def clean_conditions(self) -> Any:
         conditions = self.cleaned_data["conditions"]
-        if not isinstance(conditions, list):  # the service takes any iterable: a JSON object would be its keys
+        if not isinstance(conditions, list):  # the service refuses it too; here it is said on the field at once
             raise ValidationError("A JSON list of conditions.", code="invalid")
         return conditions
-
-    def show_refusal(self, exc: ValidationError) -> None:
-        """Each of the service's messages on the field it names ("conditions[0].values" -> conditions)."""
-        if not hasattr(exc, "error_dict"):
-            self.add_error(None, exc.messages)
-            return
-        for key, texts in exc.message_dict.items():
-            name = re.split(r"[.\[]", key, maxsplit=1)[0]
-            field = self.fields.get(name)
-            if field is not None and not field.widget.is_hidden:
-                self.add_error(name, [text if key == name else f"{key}: {text}" for text in texts])
-            else:
-                self.add_error(None, [text if key == "__all__" else f"{key}: {text}" for text in texts])
 
 
 class SegmentEditForm(SegmentForm):
@@ -208,7 +194,7 @@ def segment_new(request: HtmxHttpRequest) -> HttpResponse:
                 conditions=data["conditions"], included=data["included"], excluded=data["excluded"],
                 reason=data["reason"], actor=Actor.for_user(request.user), source=Source.UI)
         except ValidationError as exc:
-            form.show_refusal(exc)
+            show_refusal(form, exc)
         else:
             return _redirect(request, reverse("segments:detail", args=[segment.key]))
     return render(request, template, {"form": form}, status=400)
@@ -267,7 +253,7 @@ def segment_edit(request: HtmxHttpRequest, key: str) -> HttpResponse:
                 current = _segment_or_404(key)
                 return _detail(request, current, partial="segment-edit", status=409, edit_form=form,
                                error=_stale(current, data["expected_version"]))
-            form.show_refusal(exc)
+            show_refusal(form, exc)
         else:
             return _redirect(request, reverse("segments:detail", args=[segment.key]))
     return _detail(request, segment, partial="segment-edit", status=400, edit_form=form)
