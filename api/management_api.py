@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern, path
 from ninja import Header, NinjaAPI, Query, Router
@@ -23,7 +22,7 @@ from ninja.renderers import BaseRenderer
 
 from flags import selectors, services
 from flags.actors import Actor
-from flags.models import AuditEntry, Flag, MemberKind, Segment, SegmentMember, Source, UserOverride
+from flags.models import AuditEntry, Flag, Segment, Source, UserOverride
 from monitoring import selectors as monitoring_selectors
 from monitoring import services as monitoring
 
@@ -312,39 +311,28 @@ SEGMENT_DOCS = {404: "Unknown segment.", 409: "The segment changed since that ve
 SEGMENT_FIELDS = ("name", "description", "conditions", "included", "excluded")
 
 
-def _segment_json(segment: Segment, counts: dict[str, int]) -> dict[str, Any]:
+def _segment_json(segment: Segment, counts: tuple[int, int]) -> dict[str, Any]:
+    """The list's item: `counts` are the (included, excluded) ids (selectors.segment_member_counts)."""
     return {
         "key": segment.key,
         "name": segment.name,
         "description": segment.description,
         "conditions": segment.conditions,
-        "included_count": counts.get(MemberKind.INCLUDED, 0),
-        "excluded_count": counts.get(MemberKind.EXCLUDED, 0),
+        "included_count": counts[0],
+        "excluded_count": counts[1],
         "version": segment.version,
         "updated_at": segment.updated_at.isoformat(),
     }
 
 
-def _member_counts(segments: list[Segment]) -> dict[int, dict[str, int]]:
-    counts: dict[int, dict[str, int]] = {segment.pk: {} for segment in segments}
-    rows = (SegmentMember.objects.filter(segment__in=segments).order_by().values_list("segment_id", "kind")
-            .annotate(n=Count("id")))
-    for segment_id, kind, n in rows:
-        counts[segment_id][kind] = n
-    return counts
-
-
 def _segment_detail(segment: Segment) -> dict[str, Any]:
-    members: dict[str, list[str]] = {MemberKind.INCLUDED: [], MemberKind.EXCLUDED: []}
-    for user_id, kind in segment.members.order_by("user_id").values_list("user_id", "kind"):
-        members[kind].append(user_id)
-    counts = {kind: len(ids) for kind, ids in members.items()}
-    return {**_segment_json(segment, counts), "included": members[MemberKind.INCLUDED],
-            "excluded": members[MemberKind.EXCLUDED], "created_at": segment.created_at.isoformat()}
+    included, excluded = selectors.segment_members(segment)
+    return {**_segment_json(segment, (len(included), len(excluded))), "included": included, "excluded": excluded,
+            "created_at": segment.created_at.isoformat()}
 
 
 def _get_segment(key: str) -> Segment:
-    segment = Segment.objects.filter(key=key).first() if selectors.possible_key(key) else None
+    segment = selectors.segment_get(key)
     if segment is None:
         raise services.SegmentNotFound(key[:100])
     return segment
@@ -366,7 +354,7 @@ def _list_problems(values: dict[str, Any]) -> dict[str, list[str]]:
             **responses(schemas.SegmentList))
 def segments_list(request: HttpRequest) -> dict[str, Any]:
     segments = list(Segment.objects.order_by("key"))
-    counts = _member_counts(segments)
+    counts = selectors.segment_member_counts(segments)
     return {"results": [_segment_json(segment, counts[segment.pk]) for segment in segments]}
 
 
@@ -424,7 +412,8 @@ def segment_change(request: HttpRequest, key: str, payload: schemas.SegmentChang
         if expected is None or not stale:
             raise
         current = _get_segment(key)
-        raise Conflict(stale[0].messages[0], _segment_json(current, _member_counts([current])[current.pk])) from None
+        counts = selectors.segment_member_counts([current])[current.pk]
+        raise Conflict(stale[0].messages[0], _segment_json(current, counts)) from None
     response["ETag"] = f'"{segment.version}"'
     return _segment_detail(segment)
 

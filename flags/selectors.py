@@ -90,6 +90,34 @@ def flag_configs_by_id(ids: Collection[int] | None = None) -> dict[int, evaluati
             for flag in flags}
 
 
+def segment_get(key: str) -> Segment | None:
+    if not possible_key(key):
+        return None
+    return Segment.objects.filter(key=key).first()
+
+
+def segment_members(segment: Segment) -> tuple[list[str], list[str]]:
+    """(included, excluded) user ids of a segment, each sorted."""
+    included: list[str] = []
+    excluded: list[str] = []
+    for user_id, kind in segment.members.order_by("user_id").values_list("user_id", "kind"):
+        (included if kind == MemberKind.INCLUDED else excluded).append(user_id)
+    return included, excluded
+
+
+def segment_member_counts(segments: Iterable[Segment]) -> dict[int, tuple[int, int]]:
+    """(included, excluded) counts by segment id, in one query."""
+    counts = {segment.pk: [0, 0] for segment in segments}
+    rows = SegmentMember.objects.filter(segment_id__in=list(counts)).order_by().values_list("segment_id", "kind")
+    for segment_id, kind, n in rows.annotate(n=Count("id")):
+        counts[segment_id][0 if kind == MemberKind.INCLUDED else 1] = n
+    return {pk: (n[0], n[1]) for pk, n in counts.items()}
+
+
+def audit_for_segment(key: str, *, limit: int = 20) -> list[AuditEntry]:
+    return list(AuditEntry.objects.filter(segment_key=key).order_by("-created_at", "-id")[:limit])
+
+
 def flags_by_segment() -> dict[str, list[Flag]]:
     """The flags whose rules name each segment, by segment key, in key order: one query for every segment."""
     using: dict[str, list[Flag]] = {}

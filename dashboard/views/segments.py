@@ -13,7 +13,6 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -36,11 +35,11 @@ CONDITIONS_HELP = ('A JSON list; a user is in the segment when every condition h
                    '"operator": "ends_with", "values": ["@ourcompany.com"]}]. Empty: only the included user ids.')
 
 
-# --- reads: flags.selectors has none for segments yet; they belong there ----------------------------------------
+# --- reads (flags.selectors) ------------------------------------------------------------------------------------
 
 
 def _segment_or_404(key: str) -> Segment:
-    segment = Segment.objects.filter(key=key).first() if selectors.possible_key(key) else None
+    segment = selectors.segment_get(key)
     if segment is None:
         raise Http404(f"no segment {key!r}")
     return segment
@@ -57,23 +56,15 @@ class SegmentRow:
 
 
 def _segment_rows() -> list[SegmentRow]:
-    segments = Segment.objects.annotate(
-        included_count=Count("members", filter=Q(members__kind=MemberKind.INCLUDED)),
-        excluded_count=Count("members", filter=Q(members__kind=MemberKind.EXCLUDED)),
-    ).order_by("key")
+    segments = list(Segment.objects.order_by("key"))
+    counts = selectors.segment_member_counts(segments)
     using = selectors.flags_by_segment()
-    return [SegmentRow(s, s.included_count, s.excluded_count, using.get(s.key, [])) for s in segments]
+    return [SegmentRow(s, *counts[s.pk], using.get(s.key, [])) for s in segments]
 
 
 def _members(segment: Segment) -> dict[str, list[str]]:
-    members: dict[str, list[str]] = {MemberKind.INCLUDED: [], MemberKind.EXCLUDED: []}
-    for user_id, kind in segment.members.order_by("user_id").values_list("user_id", "kind"):
-        members[kind].append(user_id)
-    return members
-
-
-def _audit(segment_key: str) -> list[AuditEntry]:
-    return list(AuditEntry.objects.filter(segment_key=segment_key).order_by("-created_at", "-id")[:AUDIT_SHOWN])
+    included, excluded = selectors.segment_members(segment)
+    return {MemberKind.INCLUDED: included, MemberKind.EXCLUDED: excluded}
 
 
 # --- the segment in words --------------------------------------------------------------------------------------
@@ -214,7 +205,7 @@ def _detail(request: HtmxHttpRequest, segment: Segment, *, partial: str = "", st
         "excluded_count": len(members[MemberKind.EXCLUDED]),
         "ids_shown": IDS_SHOWN,
         "flags": selectors.flags_using(segment.key),
-        "audit": _audit(segment.key),
+        "audit": selectors.audit_for_segment(segment.key, limit=AUDIT_SHOWN),
         "can_manage": manager,
         "edit_form": edit_form or (SegmentEditForm(instance=segment, members=members) if manager else None),
         "delete_form": delete_form or (DeleteForm() if manager else None),

@@ -22,7 +22,7 @@ from ..actors import Actor
 from ..models import AuditEntry, Flag, MemberKind, Segment, SegmentMember, Source, validate_user_id
 from ..publish import publish_config_change
 from ..rules import KEY_MAX_LENGTH, is_flag_key
-from ..selectors import flags_using, segment_configs
+from ..selectors import flags_using, segment_configs, segment_members
 from .base import _audit, _bump, _check_text, _check_version, _lock
 from .flags import require_reason
 
@@ -126,14 +126,6 @@ def _segment_state(segment: Segment, included: list[str], excluded: list[str]) -
             "included": included, "excluded": excluded, "version": segment.version}
 
 
-def _members(segment: Segment) -> tuple[list[str], list[str]]:
-    included: list[str] = []
-    excluded: list[str] = []
-    for user_id, kind in segment.members.order_by("user_id").values_list("user_id", "kind"):
-        (included if kind == MemberKind.INCLUDED else excluded).append(user_id)
-    return included, excluded
-
-
 def _validated(conditions: Any, included: list[str], excluded: list[str]) -> list[dict[str, Any]]:
     both = sorted(set(included) & set(excluded))
     if both:
@@ -235,7 +227,7 @@ def segment_update(
     if expected_version is not None and expected_version != locked.version:
         raise ValidationError({"expected_version": f"the segment is at version {locked.version} now, not "
                                                    f"{expected_version}: reload and try again"})
-    ids_in, ids_out = _members(locked)
+    ids_in, ids_out = segment_members(locked)
     before = _segment_state(locked, ids_in, ids_out)
     if "name" in changes:
         _check_text("name", changes["name"], 200)
@@ -288,7 +280,7 @@ def segment_delete(*, segment: Segment | str, actor: Actor, source: str, reason:
     if flags:
         raise ValidationError({"segment": f"used by the rules of {', '.join(f.key for f in flags[:10])}; "
                                           "remove it from those rules first"})
-    ids_in, ids_out = _members(locked)
+    ids_in, ids_out = segment_members(locked)
     before = _segment_state(locked, ids_in, ids_out)
     _segment_audit(locked, actor=actor, source=source, action="segment_delete", before=before, after={},
                    reason=reason, flags=[], at=now)
