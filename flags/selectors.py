@@ -129,7 +129,7 @@ def flags_by_segment() -> dict[str, list[Flag]]:
 
 def flags_using(segment_key: str) -> list[Flag]:
     """The flags whose rules name this segment, in key order."""
-    return [flag for flag in Flag.objects.exclude(rules=[]).order_by("key") if segment_key in _segment_keys([flag])]
+    return flags_by_segment().get(segment_key, [])
 
 
 def _segment_keys(flags: Iterable[Flag]) -> set[str]:

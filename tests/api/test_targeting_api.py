@@ -14,7 +14,7 @@ from flags import evaluation, selectors, services
 from flags.models import Flag, Source
 from tests.api import bearer
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("keep_the_test_transaction")]
 
 FLAG = "patch_mode_enabled"
 STAFF = {"id": "staff", "serve": "on",
@@ -22,11 +22,6 @@ STAFF = {"id": "staff", "serve": "on",
 OLD_APP = {"id": "old-app", "serve": "off",
            "conditions": [{"attribute": "app_version", "operator": "semver_lt", "values": ["2.0.0"]}]}
 BETA = {"id": "beta", "serve": "on", "segment": "beta", "conditions": []}
-
-
-@pytest.fixture(autouse=True)
-def keep_the_test_transaction(monkeypatch):
-    monkeypatch.setattr("api.snapshot.close_old_connections", lambda: None)
 
 
 @pytest.fixture
